@@ -1,0 +1,381 @@
+"""Bad input battery: every problem becomes an ItemError / ErrorRecord naming the item,
+the good rows still come out, and strict=True raises instead."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from PIL import Image, ImageFile
+
+from wsss_ray.data.coco import build_coco_manifest
+from wsss_ray.data.errors import ItemError
+from wsss_ray.data.folder import build_folder_manifest
+from wsss_ray.data.images import MAX_PIXELS, image_size, load_mask, load_rgb, save_mask
+from wsss_ray.data.voc import build_voc_manifest
+
+COCO_TINY = Path(__file__).resolve().parents[2] / "shared/data/coco_tiny"
+
+
+def _noise_jpeg(path: Path, w=256, h=192) -> bytes:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
+    return path.read_bytes()
+
+
+def _png_header_only(path: Path, w: int, h: int) -> None:
+    """A PNG whose IHDR claims w x h, with no pixel data: cheap stand-in for huge files."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+# --------------------------------------------------------------------------- decoding
+
+def test_corrupt_jpeg(tmp_path):
+    p = tmp_path / "corrupt.jpg"
+    p.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    with pytest.raises(ItemError) as e:
+        load_rgb(str(p))
+    assert e.value.item == str(p)
+
+
+def test_truncated_jpeg(tmp_path):
+    real = sorted((COCO_TINY / "train2017").glob("*.jpg"))[:1] if COCO_TINY.is_dir() else []
+    data = real[0].read_bytes() if real else _noise_jpeg(tmp_path / "full.jpg")
+    p = tmp_path / "half.jpg"
+    p.write_bytes(data[: len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(ItemError, match="truncated") as e:
+        load_rgb(str(p))
+    assert e.value.item == str(p)
+
+
+def test_truncated_png(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    p = tmp_path / "half.png"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ItemError):
+        load_rgb(str(p))
+
+
+def test_missing_and_empty_file(tmp_path):
+    with pytest.raises(ItemError, match="not found"):
+        load_rgb(str(tmp_path / "nope.jpg"))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ItemError, match="empty"):
+        load_rgb(str(tmp_path / "empty.jpg"))
+    with pytest.raises(ItemError, match="not found"):
+        load_mask(str(tmp_path / "nope.png"))
+
+
+def test_file_uri(tmp_path):
+    Image.new("RGB", (7, 5), (1, 2, 3)).save(tmp_path / "x.png")
+    assert load_rgb(f"file://{tmp_path}/x.png")[0, 0].tolist() == [1, 2, 3]
+
+
+def test_grayscale(tmp_path):
+    Image.new("L", (12, 8), 77).save(tmp_path / "g.jpg")
+    a = load_rgb(str(tmp_path / "g.jpg"))
+    assert a.shape == (8, 12, 3) and a.dtype == np.uint8
+    assert (a[..., 0] == a[..., 1]).all() and abs(int(a[0, 0, 0]) - 77) <= 2
+
+
+def test_coco_tiny_grayscale_image():
+    """coco_tiny's grayscale photo is stored as a 3-channel JPEG with equal channels."""
+    if not COCO_TINY.is_dir():
+        pytest.skip("coco_tiny absent")
+    for p in sorted(COCO_TINY.glob("train2017/*.jpg")):
+        a = load_rgb(str(p))
+        if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
+            with Image.open(p) as im:
+                assert a.shape == (im.height, im.width, 3)
+            return
+    pytest.fail("coco_tiny should hold a grayscale image")
+
+
+def test_cmyk_jpeg(tmp_path):
+    img = Image.new("CMYK", (16, 16), (0, 0, 0, 0))       # white
+    img.paste((0, 255, 255, 0), (0, 0, 8, 16))            # left half red
+    img.save(tmp_path / "cmyk.jpg", quality=95)
+    a = load_rgb(str(tmp_path / "cmyk.jpg")).astype(int)
+    assert a.shape == (16, 16, 3)
+    assert (abs(a[8, 12] - [255, 255, 255]) <= 8).all()
+    assert (abs(a[8, 2] - [255, 0, 0]) <= 8).all()
+
+
+def test_rgba_png_drops_alpha(tmp_path):
+    Image.new("RGBA", (4, 3), (10, 20, 30, 0)).save(tmp_path / "a.png")
+    assert load_rgb(str(tmp_path / "a.png"))[1, 1].tolist() == [10, 20, 30]
+    Image.new("LA", (4, 3), (90, 128)).save(tmp_path / "la.png")
+    assert load_rgb(str(tmp_path / "la.png"))[0, 0].tolist() == [90, 90, 90]
+
+
+def test_palette_png(tmp_path):
+    img = Image.frombytes("P", (2, 1), bytes([0, 1]))
+    img.putpalette([200, 10, 20, 5, 6, 7] + [0] * 762)
+    img.save(tmp_path / "p.png")
+    assert load_rgb(str(tmp_path / "p.png")).tolist() == [[[200, 10, 20], [5, 6, 7]]]
+    img.save(tmp_path / "pt.png", transparency=1)  # palette with a transparent entry
+    assert load_rgb(str(tmp_path / "pt.png")).tolist() == [[[200, 10, 20], [5, 6, 7]]]
+    assert load_mask(str(tmp_path / "p.png")).tolist() == [[0, 1]]  # masks keep indices
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    arr = np.array([[0, 257, 32896, 65535]], np.uint16)
+    Image.fromarray(arr).save(tmp_path / "d.png")
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.mode.startswith("I")
+    a = load_rgb(str(tmp_path / "d.png"))
+    assert a[0, :, 0].tolist() == [0, 1, 128, 255] and (a[..., 1] == a[..., 2]).all()
+
+
+def test_one_pixel_image(tmp_path):
+    Image.new("RGB", (1, 1), (9, 8, 7)).save(tmp_path / "one.png")
+    assert load_rgb(str(tmp_path / "one.png"), max_side=448).tolist() == [[[9, 8, 7]]]  # never upscaled
+
+
+def test_zero_size_and_too_large_headers(tmp_path):
+    _png_header_only(tmp_path / "zero.png", 0, 10)
+    with pytest.raises(ItemError):
+        load_rgb(str(tmp_path / "zero.png"))
+    _png_header_only(tmp_path / "huge.png", 30000, 30000)
+    assert 30000 * 30000 > MAX_PIXELS
+    with pytest.raises(ItemError, match="too large"):
+        load_rgb(str(tmp_path / "huge.png"))
+
+
+def test_8000_square_image(tmp_path):
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (8000, 6000), (10, 200, 30)).save(p, quality=90)
+    small = load_rgb(str(p), max_side=500)
+    assert small.shape == (375, 500, 3)
+    assert (abs(small[100, 100].astype(int) - [10, 200, 30]) <= 3).all()
+    Image.new("L", (8000, 8000), 33).save(tmp_path / "big.png", compress_level=1)
+    full = load_rgb(str(tmp_path / "big.png"))
+    assert full.shape == (8000, 8000, 3) and full[7999, 7999].tolist() == [33, 33, 33]
+    assert image_size(str(tmp_path / "big.png")) == (8000, 8000)
+
+
+def test_mask_io(tmp_path):
+    m = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    m[0, 0] = 255
+    save_mask(m, str(tmp_path / "d/m.png"))
+    assert np.array_equal(load_mask(str(tmp_path / "d/m.png")), m)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["m.png"]  # no temp file left
+    fs = pafs._MockFileSystem()
+    save_mask(m, "x/m.png", filesystem=fs)
+    assert np.array_equal(load_mask("x/m.png", filesystem=fs), m)
+    Image.new("RGB", (3, 3)).save(tmp_path / "rgb.png")
+    with pytest.raises(ItemError, match="mode RGB"):
+        load_mask(str(tmp_path / "rgb.png"))
+
+
+# --------------------------------------------------------------------------- COCO entries
+
+CATS = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
+
+
+def _square(x, y, s):
+    return [[x, y, x + s, y, x + s, y + s, x, y + s]]
+
+
+def make_coco(root: Path, images=None, annotations=None, categories=CATS, on_disk=None) -> Path:
+    """A 2017-layout COCO tree with small solid JPEGs; ``on_disk`` limits which exist."""
+    images = images if images is not None else [
+        {"id": i, "file_name": f"{i:012d}.jpg", "height": 20, "width": 30} for i in (1, 2, 3)]
+    (root / "val2017").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    for img in images:
+        if on_disk is None or img["id"] in on_disk:
+            Image.new("RGB", (img["width"], img["height"])).save(root / "val2017" / img["file_name"])
+    if annotations is None:
+        annotations = [
+            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "segmentation": _square(2, 2, 10)},
+            {"id": 11, "image_id": 2, "category_id": 3, "iscrowd": 0, "area": 36.0, "segmentation": _square(5, 5, 6)},
+            {"id": 12, "image_id": 3, "category_id": 18, "iscrowd": 0, "area": 16.0, "segmentation": _square(1, 1, 4)},
+        ]
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations/instances_val2017.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_coco_image_with_no_labels(tmp_path):
+    crowd_rle = {"size": [20, 30], "counts": "0hb0"}  # compressed: 0 zeros, then 600 ones
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "segmentation": _square(2, 2, 10)},
+        {"id": 11, "image_id": 2, "category_id": 3, "iscrowd": 1, "area": 600.0, "segmentation": crowd_rle},
+    ]
+    root = make_coco(tmp_path / "c", annotations=anns)
+    rows, _, errors = build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert [r.image_id for r in rows] == [1]
+    reasons = {e.item.rsplit("/", 1)[-1]: e.reason for e in errors}
+    assert "no labels" in reasons["000000000002.jpg"] and "no labels" in reasons["000000000003.jpg"]
+    with pytest.raises(ItemError, match="no labels"):
+        build_coco_manifest(str(root), "val", str(tmp_path / "m2"), strict=True)
+
+
+def test_coco_crowd_compressed_rle_is_ignore(tmp_path):
+    # 20*30 = 600 px: 300 zeros then 300 ones, column-major -> right half (cols 15..29)
+    counts = "".join(chr(c + 48) for c in (0x0C | 0x20, 0x09, 0x0C | 0x20, 0x09))  # 300, 300
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 4.0, "segmentation": _square(20, 5, 2)},
+        {"id": 11, "image_id": 1, "category_id": 3, "iscrowd": 1, "area": 300.0,
+         "segmentation": {"size": [20, 30], "counts": counts}},
+    ]
+    root = make_coco(tmp_path / "c", annotations=anns, images=[
+        {"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}])
+    rows, _, errors = build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert errors == [] and rows[0].labels == [0]  # the crowd car is no label
+    m = load_mask(rows[0].mask_uri)
+    assert (m[:, :15] == 0).all()
+    assert m[6, 21] == 1  # the small person on top of the crowd
+    assert (m[0, 15:] == 255).all() and (m[19, 15:] == 255).all()
+
+
+def test_coco_unknown_category(tmp_path):
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "segmentation": _square(2, 2, 10)},
+        {"id": 77, "image_id": 1, "category_id": 999, "iscrowd": 0, "area": 9.0, "segmentation": _square(20, 10, 3)},
+        {"id": 12, "image_id": 2, "category_id": 18, "iscrowd": 0, "area": 16.0, "segmentation": _square(1, 1, 4)},
+    ]
+    root = make_coco(tmp_path / "c", annotations=anns)
+    rows, _, errors = build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert [(r.image_id, r.labels) for r in rows] == [(1, [0]), (2, [2])]  # image 1 still used
+    bad = [e for e in errors if e.item == "annotation 77"]
+    assert len(bad) == 1 and "999" in bad[0].reason
+    assert load_mask(rows[0].mask_uri)[11, 21] == 255  # the unknown object is not background
+    with pytest.raises(ItemError, match="999"):
+        build_coco_manifest(str(root), "val", str(tmp_path / "m2"), strict=True)
+
+
+def test_coco_not_json(tmp_path):
+    root = make_coco(tmp_path / "c")
+    ann = root / "annotations/instances_val2017.json"
+    ann.write_text("{not json")
+    with pytest.raises(ItemError, match="not valid JSON") as e:
+        build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert e.value.item == str(ann)
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"images": [], "categories": CATS}, "missing key 'annotations'"),
+    ({"annotations": [], "categories": CATS}, "missing key 'images'"),
+    ({"images": {}, "annotations": [], "categories": CATS}, "'images' must be a list"),
+    ([1, 2], "top level"),
+    ({"images": [], "annotations": [], "categories": [{"id": "x"}]}, "bad category"),
+])
+def test_coco_malformed_structure(tmp_path, doc, message):
+    root = make_coco(tmp_path / "c")
+    (root / "annotations/instances_val2017.json").write_text(json.dumps(doc))
+    with pytest.raises(ItemError, match=message) as e:
+        build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert e.value.item.endswith("instances_val2017.json")
+
+
+def test_coco_bad_entries_are_records(tmp_path):
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "segmentation": _square(2, 2, 10)},
+        {"id": 50, "image_id": 12345, "category_id": 1, "iscrowd": 0, "segmentation": _square(1, 1, 3)},
+        {"id": 51, "image_id": 2, "category_id": "car", "segmentation": _square(1, 1, 3)},
+        {"id": 52, "image_id": 2, "category_id": 3, "iscrowd": 0, "segmentation": {"size": [20, 30], "counts": [5, 5]}},
+        {"id": 12, "image_id": 3, "category_id": 18, "iscrowd": 0, "area": 16.0, "segmentation": _square(1, 1, 4)},
+    ]
+    images = [{"id": i, "file_name": f"{i}.jpg", "height": 20, "width": 30} for i in (1, 2, 3, 4)]
+    images.append({"id": 5, "file_name": "5.jpg", "height": "big", "width": 30})
+    root = make_coco(tmp_path / "c", images=images, annotations=anns, on_disk={1, 2, 3})
+    rows, _, errors = build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert [r.image_id for r in rows] == [1, 2, 3]
+    by_item = {e.item: e.reason for e in errors}
+    assert "missing image 12345" in by_item["annotation 50"]
+    assert "category_id" in by_item["annotation 51"]
+    assert "bad segmentation" in by_item["annotation 52"]  # counts do not cover the image
+    assert any(i.endswith("/4.jpg") and "missing on disk" in r for i, r in by_item.items())
+    assert any("image 5" in r and "height" in r for r in by_item.values())
+    with pytest.raises(ItemError, match="image 5 has a bad height"):  # first problem in file order
+        build_coco_manifest(str(root), "val", str(tmp_path / "m2"), strict=True)
+
+
+def test_unknown_subset_is_an_argument_error(tmp_path):
+    with pytest.raises(ValueError, match="class_subset"):
+        build_coco_manifest(str(make_coco(tmp_path / "c")), "val", str(tmp_path / "m"), class_subset="ade")
+
+
+# --------------------------------------------------------------------------- VOC / folder
+
+def test_voc_bad_entries(tmp_path):
+    voc = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "Annotations", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True)
+    for name, objs in (("2007_000001", ["dog", "unicorn"]), ("2007_000002", ["unicorn"]), ("2007_000003", ["cat"])):
+        Image.new("RGB", (8, 6)).save(voc / "JPEGImages" / f"{name}.jpg")
+        body = "".join(f"<object><name>{o}</name></object>" for o in objs)
+        (voc / "Annotations" / f"{name}.xml").write_text(f"<annotation>{body}</annotation>")  # no <size>
+    (voc / "Annotations/2007_000003.xml").write_text("<annotation><object>")  # broken XML
+    (voc / "ImageSets/Segmentation/train.txt").write_text("2007_000001\n2007_000002\n2007_000003\n2007_000004\n")
+    rows, _, errors = build_voc_manifest(str(voc), "train")
+    assert [(r.image_id, r.labels, r.height, r.width) for r in rows] == [(2007000001, [11], 6, 8)]
+    items = [e.item.rsplit("/", 1)[-1] for e in errors]
+    assert items == ["2007_000001.xml", "2007_000002.xml", "2007_000002.jpg", "2007_000003.xml", "2007_000004.jpg"]
+    assert "unicorn" in errors[0].reason and "no labels" in errors[2].reason
+    assert "malformed XML" in errors[3].reason and "missing" in errors[4].reason
+    with pytest.raises(ItemError, match="unicorn"):
+        build_voc_manifest(str(voc), "train", strict=True)
+    with pytest.raises(ItemError, match="not found"):
+        build_voc_manifest(str(voc), "val")
+
+
+def test_folder_bad_rows(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for n in ("a", "b", "c", "d"):
+        Image.new("RGB", (5, 4)).save(tmp_path / "imgs" / f"{n}.jpg")
+    (tmp_path / "imgs/bad.jpg").write_bytes(b"not an image")
+    tags = tmp_path / "tags.csv"
+    tags.write_text("file,labels\n"
+                    "a.jpg,dog\n"           # 2 ok
+                    "b.jpg,unicorn\n"       # 3 unknown class
+                    "c.jpg,\n"              # 4 no labels
+                    "missing.jpg,dog\n"     # 5 missing file
+                    "d.jpg,cat;7\n"         # 6 id out of range
+                    "bad.jpg,cat\n"         # 7 unreadable image
+                    "a.jpg,cat\n"           # 8 duplicate
+                    "x.jpg\n")              # 9 malformed
+    rows, _, errors = build_folder_manifest(str(tmp_path / "imgs"), str(tags), class_names=["cat", "dog"])
+    assert [(r.uri.rsplit("/", 1)[-1], r.labels) for r in rows] == [("a.jpg", [1])]
+    got = {e.item.rsplit("/", 1)[-1]: e.reason for e in errors}
+    assert "unknown class 'unicorn'" in got["tags.csv:3"]
+    assert "no labels" in got["tags.csv:4"]
+    assert "not found" in got["missing.jpg"]
+    assert "outside" in got["tags.csv:6"]
+    assert "not a readable image" in got["bad.jpg"]
+    assert "duplicate" in got["tags.csv:8"] and "malformed" in got["tags.csv:9"]
+    with pytest.raises(ItemError, match="unicorn"):
+        build_folder_manifest(str(tmp_path / "imgs"), str(tags), class_names=["cat", "dog"], strict=True)
+
+
+def test_folder_bad_jsonl_and_names(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (5, 4)).save(tmp_path / "imgs/a.jpg")
+    tags = tmp_path / "tags.jsonl"
+    tags.write_text('{"file": "a.jpg", "labels": ["dog"]}\n'
+                    '{"file": "a.jpg", "labels": [\n'
+                    '{"labels": ["dog"]}\n'
+                    '{"file": "a.jpg", "labels": ["dog", 0]}\n')
+    rows, classes, errors = build_folder_manifest(str(tmp_path / "imgs"), str(tags))
+    assert len(rows) == 1 and classes.names == ("dog",)
+    got = {e.item.rsplit("/", 1)[-1]: e.reason for e in errors}
+    assert "malformed JSON" in got["tags.jsonl:2"] and "malformed line" in got["tags.jsonl:3"]
+    assert "needs class_names" in got["tags.jsonl:4"]
+    (tmp_path / "tags.txt").write_text("a.jpg dog\n")
+    with pytest.raises(ItemError, match=".csv"):
+        build_folder_manifest(str(tmp_path / "imgs"), str(tmp_path / "tags.txt"))
+    (tmp_path / "t.csv").write_text("name,tags\na.jpg,dog\n")
+    with pytest.raises(ItemError, match="header"):
+        build_folder_manifest(str(tmp_path / "imgs"), str(tmp_path / "t.csv"))

@@ -1,0 +1,294 @@
+"""InferCam (METHODS.md section 3; seed 004): class-conditional inference on a fixed classifier.
+
+Pipeline per call (all images share one size H x W):
+
+1. **Baseline and centres** (split only). The usual multi-scale CAM at ``out_size`` (the stride-4
+   grid the pipeline stores); per GT class the intensity-weighted centre of mass on that grid,
+   mapped to the nearest image pixel (pixel-centre convention, as bilinear with
+   ``align_corners=False``). Max-normalisation does not move a centre of mass, so the raw map is
+   used. An all-zero map gives the image centre (the authors' fallback).
+2. **Split** (:func:`split_boxes`, :func:`class_boxes`). One class: four quadrants around the
+   centre, each reaching ``buffer_one`` px past the centre lines. Two classes: the rectangle
+   spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
+   ``three_plus="per_class"`` (paper) gives every class its own four patches around its own
+   centre (``buffer_one``, since each split has one centre); ``"none"`` (authors' code) keeps the
+   whole image. Buffers are absolute pixels; borders clamp to the image (the authors' numpy
+   slicing wraps around on negative starts).
+3. **Iterative inference** (:func:`iterate_copies`). A *copy* is one (image, class, patch). Each
+   round computes the multi-scale + flip CAM of every active copy, max-normalises it inside the
+   patch, keeps an element-wise running max, and erases (fills with the image's mean colour, in
+   normalised space) every pixel whose running max is >= ``erase_threshold``; the next round
+   infers the original patch with that mask. Erasing is per class (each class has its own copy);
+   the authors' code erases the max over the image's classes. A copy stops when the newly erased
+   area is below ``stop_fraction`` of its patch or after ``max_rounds`` inferences (the first,
+   un-erased one included, as in the code's ``range(5)``). The erased patch is built once and
+   then scaled and flipped, so the flipped input hides the mirrored pixels and the fused map
+   refers to one set of physical pixels (the authors' code erases flipped inputs with the
+   unflipped mask).
+4. **Unite** (:func:`unite`). Patch maps are pasted into a full-resolution (H, W) map per class
+   with a max over overlaps, resized bilinearly to ``out_size`` and max-normalised. As in the
+   paper and code, the whole-image baseline is not part of the union.
+
+Batching: patches of different sizes are pasted at the top-left of one canvas per round (the
+largest active patch), padded with the image's mean colour (the same filler as erasing), so every
+round is one ``features_fn`` call per scale per ``max_batch`` inputs. In round 0 all classes of an
+image see the same un-erased patch, so shared (image, patch) inputs are inferred once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from wsss_ray.cams.cam import (class_activation, fuse_flips, multiscale_cam, normalise_per_map,
+                               scaled_batch, select_and_normalise, with_flips)
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in image pixels
+FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InferCamConfig:
+    split: bool = True
+    iterate: bool = True
+    erase_threshold: float = 0.7
+    stop_fraction: float = 0.02   # code 2%, paper 1%
+    max_rounds: int = 5           # inferences per copy, the un-erased first one included
+    buffer_one: int = 10          # px past the centre lines, one centre per split
+    buffer_two: int = 20          # px around the two-class rectangle
+    three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
+    max_batch: int = 32           # inputs per features_fn call (before flipping)
+
+    def __post_init__(self):
+        if self.three_plus not in ("per_class", "none"):
+            raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
+        if self.max_rounds < 1 or self.max_batch < 1:
+            raise ValueError("max_rounds and max_batch must be >= 1")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One (image, class, patch) inference unit; ``slot`` is the class's index in its image's list."""
+    image: int
+    slot: int
+    cls: int
+    box: Box
+
+
+# ------------------------------------------------------------------ centres and splits
+
+
+def centre_of_mass(cam: torch.Tensor) -> tuple[float, float]:
+    """Intensity-weighted (y, x) centre of a (h, w) map in its own pixel coordinates.
+
+    Negative values are ignored; an all-zero map gives the map centre.
+    """
+    h, w = cam.shape[-2:]
+    cam = cam.reshape(h, w).clamp_min(0).double()
+    total = cam.sum()
+    if total <= 0:
+        return (h - 1) / 2, (w - 1) / 2
+    ys = torch.arange(h, dtype=cam.dtype, device=cam.device)
+    xs = torch.arange(w, dtype=cam.dtype, device=cam.device)
+    return float((cam.sum(1) * ys).sum() / total), float((cam.sum(0) * xs).sum() / total)
+
+
+def grid_to_image(point: tuple[float, float], grid_size: tuple[int, int],
+                  image_size: tuple[int, int]) -> tuple[int, int]:
+    """Nearest image pixel to a point on a grid spanning the image (pixel centres aligned)."""
+    return tuple(min(max(round((p + 0.5) * n / g - 0.5), 0), n - 1)
+                 for p, g, n in zip(point, grid_size, image_size))
+
+
+def split_boxes(centres: Sequence[tuple[int, int]], height: int, width: int, buffer: int) -> list[Box]:
+    """Four overlapping patches (top-left, top-right, bottom-left, bottom-right).
+
+    The split lines are the sides of the rectangle spanned by ``centres`` (one centre: a point);
+    every patch contains that rectangle plus ``buffer`` px around it, so neighbouring patches
+    overlap by ``2 * buffer + 1`` px plus the rectangle. Borders clamp to the image.
+    """
+    ys = [min(max(int(c[0]), 0), height - 1) for c in centres]
+    xs = [min(max(int(c[1]), 0), width - 1) for c in centres]
+    top_end = min(max(ys) + buffer + 1, height)
+    bottom_start = max(min(ys) - buffer, 0)
+    left_end = min(max(xs) + buffer + 1, width)
+    right_start = max(min(xs) - buffer, 0)
+    return [(0, top_end, 0, left_end), (0, top_end, right_start, width),
+            (bottom_start, height, 0, left_end), (bottom_start, height, right_start, width)]
+
+
+def class_boxes(n_classes: int, centres, height: int, width: int, cfg: InferCamConfig) -> list[list[Box]]:
+    """Patches each GT class of one image is inferred on (its map is their union)."""
+    full = [(0, height, 0, width)]
+    if not cfg.split or n_classes == 0:
+        return [full] * n_classes
+    if n_classes == 1:
+        return [split_boxes(centres, height, width, cfg.buffer_one)]
+    if n_classes == 2:
+        return [split_boxes(centres, height, width, cfg.buffer_two)] * 2
+    if cfg.three_plus == "none":
+        return [full] * n_classes
+    return [split_boxes([c], height, width, cfg.buffer_one) for c in centres]
+
+
+def class_centres(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
+                  out_size: tuple[int, int], scales, flip: bool) -> list[list[tuple[int, int]]]:
+    """Per image, per GT class: centre of mass of the baseline CAM, in image pixels."""
+    cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
+    size = tuple(images.shape[-2:])
+    return [[grid_to_image(centre_of_mass(cams[i, c]), out_size, size) for c in cls]
+            for i, cls in enumerate(classes)]
+
+
+def plan_copies(classes, centres, height: int, width: int, cfg: InferCamConfig) -> list[Copy]:
+    copies = []
+    for i, cls in enumerate(classes):
+        per_class = class_boxes(len(cls), centres[i] if centres else None, height, width, cfg)
+        copies += [Copy(i, k, int(c), box) for k, (c, boxes) in enumerate(zip(cls, per_class)) for box in boxes]
+    return copies
+
+
+# ------------------------------------------------------------------ batched inference
+
+
+def build_inputs(images: torch.Tensor, fill: torch.Tensor, owners: Sequence[int], boxes: Sequence[Box],
+                 size: tuple[int, int], erased: torch.Tensor | None = None) -> torch.Tensor:
+    """Patches at the top-left of a fill-coloured (U,3,*size) canvas; erased pixels get the fill.
+
+    The canvas is built before scaling and flipping, so every view hides the same physical pixels.
+    """
+    colour = fill[list(owners)][:, :, None, None]
+    out = colour.expand(-1, -1, *size).clone()
+    for u, (i, (y0, y1, x0, x1)) in enumerate(zip(owners, boxes)):
+        out[u, :, :y1 - y0, :x1 - x0] = images[i, :, y0:y1, x0:x1]
+    if erased is not None:
+        out = torch.where(erased[:, None], colour, out)
+    return out
+
+
+def fused_cams(features_fn: FeaturesFn, weight: torch.Tensor, inputs: torch.Tensor, flip: bool,
+               max_batch: int) -> torch.Tensor:
+    """ReLU CAM of all classes, flip pair fused, in chunks of ``max_batch`` inputs: (U,C,h,w)."""
+    parts = [fuse_flips(torch.relu(class_activation(features_fn(with_flips(chunk, flip)), weight)), flip)
+             for chunk in inputs.split(max_batch)]
+    return torch.cat(parts)
+
+
+def canvas_cams(features_fn: FeaturesFn, weight: torch.Tensor, inputs: torch.Tensor, owner: torch.Tensor,
+                cls: torch.Tensor, scales, flip: bool, max_batch: int) -> torch.Tensor:
+    """Multi-scale CAM of class ``cls[m]`` on input ``owner[m]``, summed over scales as CAM does,
+    at canvas resolution: (M, Hc, Wc)."""
+    size = tuple(inputs.shape[-2:])
+    total = None
+    for scale in scales:
+        cams = fused_cams(features_fn, weight, scaled_batch(inputs, scale), flip, max_batch)
+        picked = F.interpolate(cams[owner, cls][:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        total = picked if total is None else total + picked
+    return total
+
+
+def box_masks(copies: Sequence[Copy], size: tuple[int, int], device) -> torch.Tensor:
+    """(M, *size) True inside each copy's patch (pasted at the canvas's top-left)."""
+    heights = torch.tensor([c.box[1] - c.box[0] for c in copies], device=device)
+    widths = torch.tensor([c.box[3] - c.box[2] for c in copies], device=device)
+    rows = torch.arange(size[0], device=device)[None, :, None] < heights[:, None, None]
+    cols = torch.arange(size[1], device=device)[None, None, :] < widths[:, None, None]
+    return rows & cols
+
+
+def canvas_size(copies: Sequence[Copy]) -> tuple[int, int]:
+    return max(c.box[1] - c.box[0] for c in copies), max(c.box[3] - c.box[2] for c in copies)
+
+
+def first_round_inputs(images, fill, copies: Sequence[Copy], size):
+    """Un-erased inputs shared by the classes of an image: unique (image, patch) pairs only."""
+    keys = list(dict.fromkeys((c.image, c.box) for c in copies))
+    index = {k: u for u, k in enumerate(keys)}
+    inputs = build_inputs(images, fill, [k[0] for k in keys], [k[1] for k in keys], size)
+    owner = torch.tensor([index[(c.image, c.box)] for c in copies], device=images.device)
+    return inputs, owner
+
+
+def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
+                   copies: Sequence[Copy], scales, flip: bool, cfg: InferCamConfig):
+    """Hide-and-re-infer every copy; returns (running-max maps (M,Hc,Wc), inferences per copy (M,)).
+
+    Maps are max-normalised per round inside the patch (so the threshold means "0.7 of this
+    round's peak") and live at the canvas's top-left, patch-pixel resolution.
+    """
+    device = images.device
+    size = canvas_size(copies)
+    inside = box_masks(copies, size, device)
+    area = inside.sum((1, 2)).to(images.dtype)
+    acc = images.new_zeros(len(copies), *size)
+    erased = torch.zeros_like(inside)
+    rounds = torch.zeros(len(copies), dtype=torch.long, device=device)
+    cls = torch.tensor([c.cls for c in copies], device=device)
+    active = torch.arange(len(copies), device=device)
+    for r in range(cfg.max_rounds if cfg.iterate else 1):
+        live = [copies[m] for m in active.tolist()]
+        h, w = canvas_size(live)
+        if r == 0:
+            inputs, owner = first_round_inputs(images, fill, live, (h, w))
+        else:
+            inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], (h, w),
+                                  erased[active, :h, :w])
+            owner = torch.arange(len(live), device=device)
+        maps = canvas_cams(features_fn, weight, inputs, owner, cls[active], scales, flip, cfg.max_batch)
+        maps = normalise_per_map(maps * inside[active, :h, :w])
+        acc[active, :h, :w] = torch.maximum(acc[active, :h, :w], maps)
+        rounds[active] += 1
+        now = (acc[active] >= cfg.erase_threshold) & inside[active]
+        newly = (now & ~erased[active]).sum((1, 2)) / area[active]
+        erased[active] = now
+        active = active[newly >= cfg.stop_fraction]
+        if len(active) == 0:
+            break
+    return acc, rounds
+
+
+# ------------------------------------------------------------------ unite
+
+
+def unite(acc: torch.Tensor, copies: Sequence[Copy], classes, image_size: tuple[int, int],
+          out_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Paste patch maps at full resolution (max over overlaps), resize to out_size, normalise."""
+    full = [acc.new_zeros(len(cls), *image_size) for cls in classes]
+    for m, c in enumerate(copies):
+        y0, y1, x0, x1 = c.box
+        region = full[c.image][c.slot, y0:y1, x0:x1]
+        region.copy_(torch.maximum(region, acc[m, :y1 - y0, :x1 - x0]))
+    out = []
+    for maps in full:
+        if len(maps) == 0:
+            out.append(acc.new_zeros(0, *out_size))
+            continue
+        small = F.interpolate(maps[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        out.append(normalise_per_map(small))
+    return out
+
+
+def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
+                  out_size: tuple[int, int], scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                  cfg: InferCamConfig = InferCamConfig()) -> list[torch.Tensor]:
+    """InferCam maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised."""
+    out_size = tuple(out_size)
+    with torch.no_grad():
+        if not cfg.split and not cfg.iterate:
+            return select_and_normalise(multiscale_cam(features_fn, weight, images, out_size, scales, flip), classes)
+        height, width = images.shape[-2:]
+        centres = class_centres(features_fn, weight, images, classes, out_size, scales, flip) \
+            if cfg.split and _needs_centres(classes, cfg) else None
+        copies = plan_copies(classes, centres, height, width, cfg)
+        if not copies:
+            return [images.new_zeros(len(cls), *out_size) for cls in classes]
+        fill = images.mean((2, 3))  # each image's mean colour, in normalised space
+        acc, _ = iterate_copies(features_fn, weight, images, fill, copies, scales, flip, cfg)
+        return unite(acc, copies, classes, (height, width), out_size)
+
+
+def _needs_centres(classes, cfg: InferCamConfig) -> bool:
+    # Images with 3+ classes and no split never look at centres.
+    return any(1 <= len(c) <= 2 or (len(c) >= 3 and cfg.three_plus == "per_class") for c in classes)

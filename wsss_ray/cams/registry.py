@@ -1,0 +1,48 @@
+"""Map methods by name: each builds ``fn(images, classes, out_size) -> list of (c,h,w) maps``
+from a trained classifier and its parameters. The extraction stage calls only this."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from wsss_ray.cams.cam import multiscale_cam, select_and_normalise
+
+MapFn = Callable[[torch.Tensor, list, tuple], list]
+
+
+def cam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", **_) -> MapFn:
+    weight = model.cam_weight(variant).detach()
+
+    def fn(images, classes, out_size):
+        cams = multiscale_cam(model.features, weight, images, out_size, scales, flip)
+        return select_and_normalise(cams, classes)
+    return fn
+
+
+def lpcam_map_fn(model, prototypes=None, scales=(1.0, 0.5, 1.5, 2.0), flip=True, fg_only=False, **_) -> MapFn:
+    from wsss_ray.cams.lpcam import PrototypeBank, multiscale_lpcam
+    bank = PrototypeBank.from_table(prototypes, model.head.weight.shape[0])
+
+    def fn(images, classes, out_size):
+        return multiscale_lpcam(model.features, bank, images, classes, out_size, scales, flip, fg_only)
+    return fn
+
+
+def infercam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", **params) -> MapFn:
+    from wsss_ray.cams.infercam import InferCamConfig, infercam_maps
+    cfg = InferCamConfig(**{k: v for k, v in params.items() if k in InferCamConfig.__dataclass_fields__})
+    weight = model.cam_weight(variant).detach()
+
+    def fn(images, classes, out_size):
+        return infercam_maps(model.features, weight, images, classes, out_size, scales, flip, cfg)
+    return fn
+
+
+MAP_METHODS = {"cam": cam_map_fn, "lpcam": lpcam_map_fn, "infercam": infercam_map_fn}
+
+
+def build_map_fn(kind: str, model, params: dict) -> MapFn:
+    if kind not in MAP_METHODS:
+        raise ValueError(f"unknown map method {kind!r}; known: {sorted(MAP_METHODS)}")
+    return MAP_METHODS[kind](model, **params)

@@ -1,0 +1,71 @@
+"""Command line: ``wsss-ray run`` (the main flow) and ``wsss-ray demo-world`` (render the
+demo world). Jobs under jobs/ use the same parser."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from wsss_ray.stages.pipeline import ALL_METHODS, PipelineConfig, coco_config, demo_config
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
+    p.add_argument("--run-dir", default="runs/demo", help="local path or URI (file://, s3://, gs://)")
+    p.add_argument("--quick", action="store_true", help="tiny demo world, fewer epochs (about two minutes)")
+    p.add_argument("--coco-root", default="", help="COCO 2014/2017 tree (train2017/ or train2014/, annotations/)")
+    p.add_argument("--split", default="train", help="COCO split(s), e.g. train, val2014, train+val")
+    p.add_argument("--class-subset", default="", choices=["", "voc20"], help="score COCO on the 20 VOC classes")
+    p.add_argument("--protocol", default="coco", choices=["coco", "reference"],
+                   help="reference = ../shared/REFERENCE_RESULTS.md protocol")
+    p.add_argument("--limit", type=int, default=0, help="keep the first N images")
+    p.add_argument("--methods", default=default_methods, help=f"comma list of {','.join(ALL_METHODS)}")
+    p.add_argument("--epochs", type=int, default=0, help="override classifier epochs")
+    p.add_argument("--num-workers", type=int, default=0, help="Ray Train workers (default: preset)")
+    p.add_argument("--num-actors", type=int, default=0, help="extraction actors (default: preset)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per training worker and per actor")
+    p.add_argument("--strict", action="store_true", help="fail fast on the first bad input item")
+
+
+def config_from_args(args) -> PipelineConfig:
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = set(methods) - set(ALL_METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
+    if args.coco_root:
+        cfg = coco_config(args.run_dir, args.coco_root, args.split, args.class_subset, args.limit, args.protocol, methods)
+    else:
+        cfg = demo_config(args.run_dir, args.quick, methods)
+    train, recam, cam = cfg.train, cfg.recam_train, cfg.cam
+    if args.epochs:
+        train = dataclasses.replace(train, epochs=args.epochs)
+    if args.num_workers:
+        train = dataclasses.replace(train, num_workers=args.num_workers)
+        recam = dataclasses.replace(recam, num_workers=args.num_workers)
+    if args.num_actors:
+        cam = dataclasses.replace(cam, num_actors=args.num_actors)
+    if args.gpu:
+        train, recam = (dataclasses.replace(t, use_gpu=True) for t in (train, recam))
+        cam = dataclasses.replace(cam, use_gpu=True)
+    return dataclasses.replace(cfg, train=train, recam_train=recam, cam=cam, strict=args.strict)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wsss-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_pipeline_args(sub.add_parser("run", help="manifest -> classifier -> maps -> evaluation"), "cam,lpcam,lpcam_f")
+    world = sub.add_parser("demo-world", help="render the demo world to a folder")
+    world.add_argument("out_dir")
+    world.add_argument("--size", default="full", choices=["full", "quick"])
+    args = parser.parse_args(argv)
+    if args.command == "demo-world":
+        from wsss_ray.data.demo import build_demo_manifest
+        rows, _, _ = build_demo_manifest(args.out_dir, args.size)
+        print(f"{len(rows)} images in {args.out_dir}")
+        return 0
+    from wsss_ray.stages.pipeline import run_pipeline
+    run_pipeline(config_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""MS COCO (2014 or 2017 layout) -> manifest rows and semantic GT masks.
+
+Class ids are 0-based in COCO category-id order (read from the JSON, not a constant).
+GT mask per image: 0 background; non-crowd instances painted largest area first so small
+objects end on top, value = class id + 1; crowd regions, annotations of an unknown
+category and (with a subset) objects outside the subset are 255 = ignore. All of them
+take part in the one largest-first pass, so a pixel gets the value of the smallest
+object covering it. Polygons are rasterised with PIL, RLE decoded here (no pycocotools).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from wsss_ray.data.classmap import ErrorCollector, apply_class_subset, map_labels
+from wsss_ray.data.errors import ErrorRecord, ItemError
+from wsss_ray.data.images import absolute_root, join_uri, list_names, read_bytes, save_mask, uri_exists
+from wsss_ray.data.manifest import IGNORE, ClassSpace, ManifestRow
+from wsss_ray.data.voc import VOC_NAMES
+
+# COCO names that differ from VOC's; the other 14 VOC classes share the COCO name.
+COCO_TO_VOC = {
+    "airplane": "aeroplane", "dining table": "diningtable", "motorcycle": "motorbike",
+    "potted plant": "pottedplant", "couch": "sofa", "tv": "tvmonitor",
+    **{n: n for n in ("bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+                      "dog", "horse", "person", "sheep", "train")},
+}
+
+_YEARS = ("2017", "2014")
+
+
+# --------------------------------------------------------------------------- JSON
+
+def _resolve_split(root: str, split: str) -> tuple[str, str]:
+    """'train2017' / 'val2014' / 'train' -> (base split, folder name like 'train2017')."""
+    m = re.fullmatch(r"([A-Za-z]+)(\d{4})", split)
+    candidates = [m.group(0)] if m else [f"{split}{y}" for y in _YEARS]
+    for name in candidates:
+        if uri_exists(join_uri(root, "annotations", f"instances_{name}.json")):
+            return (m.group(1) if m else split), name
+    looked = ", ".join(join_uri(root, "annotations", f"instances_{c}.json") for c in candidates)
+    raise ItemError(root, f"no COCO annotations for split '{split}' (looked for {looked})")
+
+
+def _load_json(uri: str) -> dict:
+    """Whole-file checks: a file failing them cannot yield any row, so they always raise."""
+    try:
+        doc = json.loads(read_bytes(uri))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ItemError(uri, f"not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise ItemError(uri, f"top level must be a JSON object, got {type(doc).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            raise ItemError(uri, f"missing key '{key}'")
+        if not isinstance(doc[key], list):
+            raise ItemError(uri, f"'{key}' must be a list, got {type(doc[key]).__name__}")
+    return doc
+
+
+def _categories(cats: list, uri: str) -> tuple[dict[int, int], list[str]]:
+    """COCO category id -> 0-based class id (sorted by category id), and the names."""
+    pairs = []
+    for c in cats:
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
+            raise ItemError(uri, f"bad category entry {str(c)[:80]} (needs int 'id' and str 'name')")
+        pairs.append((c["id"], c["name"]))
+    ids = [i for i, _ in pairs]
+    if len(set(ids)) != len(ids):
+        raise ItemError(uri, "duplicate category ids")
+    if not pairs:
+        raise ItemError(uri, "no categories")
+    pairs.sort()
+    return {cid: k for k, (cid, _) in enumerate(pairs)}, [n for _, n in pairs]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_image(entry) -> tuple[int, str, int, int]:
+    if not isinstance(entry, dict):
+        raise ValueError("image entry is not an object")
+    iid, name, h, w = (entry.get(k) for k in ("id", "file_name", "height", "width"))
+    if not _is_int(iid):
+        raise ValueError(f"image entry without an integer 'id': {str(entry)[:80]}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"image {iid} has no 'file_name'")
+    if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+        raise ValueError(f"image {iid} has a bad height/width ({h!r}, {w!r})")
+    return iid, name, h, w
+
+
+def _check_annotation(ann, images: dict) -> str | None:
+    """Reason why the annotation is unusable, or None."""
+    if not isinstance(ann, dict):
+        return "annotation is not an object"
+    for key in ("image_id", "category_id"):
+        if not _is_int(ann.get(key)):
+            return f"missing or non-integer '{key}'"
+    if "segmentation" not in ann:
+        return "no 'segmentation'"
+    if ann["image_id"] not in images:
+        return f"refers to missing image {ann['image_id']}"
+    return None
+
+
+def _ann_name(ann, k: int) -> str:
+    aid = ann.get("id") if isinstance(ann, dict) else None
+    return f"annotation {aid}" if aid is not None else f"annotation #{k} (no id)"
+
+
+# --------------------------------------------------------------------------- masks
+
+def rle_string_to_counts(s: str) -> list[int]:
+    """COCO's compressed RLE string -> run lengths. Each count is a signed number in
+    5-bit groups (chars offset by 48; 0x20 = more groups follow, 0x10 on the last group
+    = negative); from the third count on, counts are stored as a delta to the count two
+    places back (same-value runs have similar lengths)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(s):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(s):
+                raise ValueError("RLE string ends inside a number")
+            c = ord(s[pos]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"bad character {s[pos]!r} in RLE string")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value -= 1 << shift  # sign-extend
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def rle_decode(counts, height: int, width: int) -> np.ndarray:
+    """Run lengths (alternating 0s and 1s, 0s first) in column-major order -> bool mask."""
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    if isinstance(counts, str):
+        counts = rle_string_to_counts(counts)
+    runs = np.asarray(counts, dtype=np.int64)
+    if runs.ndim != 1 or (runs < 0).any():
+        raise ValueError("RLE counts must be a flat list of non-negative ints")
+    if runs.sum() != height * width:
+        raise ValueError(f"RLE counts sum to {runs.sum()}, expected {height}*{width}")
+    values = np.zeros(len(runs), dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape(width, height).T
+
+
+def polygon_mask(polygons, height: int, width: int) -> np.ndarray:
+    """COCO polygons ([[x1, y1, x2, y2, ...], ...]) -> bool mask."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    drawn = 0
+    for poly in polygons:
+        if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+            continue  # fewer than 3 points: no area
+        pts = [(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)]
+        draw.polygon(pts, fill=1, outline=1)
+        drawn += 1
+    if not drawn:
+        raise ValueError("no polygon with at least 3 points")
+    return np.asarray(canvas, dtype=bool)
+
+
+def segmentation_mask(seg, height: int, width: int) -> np.ndarray:
+    if isinstance(seg, list):
+        return polygon_mask(seg, height, width)
+    if isinstance(seg, dict) and "counts" in seg:
+        size = seg.get("size")
+        if size is not None and list(size) != [height, width]:
+            raise ValueError(f"RLE size {list(size)} differs from image size {[height, width]}")
+        return rle_decode(seg["counts"], height, width)
+    raise ValueError(f"unknown segmentation format {type(seg).__name__}")
+
+
+def paint_semantic(height: int, width: int, layers) -> np.ndarray:
+    """layers: (area, tie, value, bool mask). Largest first, so smaller objects win."""
+    out = np.zeros((height, width), dtype=np.uint8)
+    for _, _, value, m in sorted(layers, key=lambda t: (-t[0], t[1])):
+        out[m] = value
+    return out
+
+
+# --------------------------------------------------------------------------- builder
+
+def _resolve_subset(class_subset: str, names: list[str]) -> tuple[list[int | None] | None, tuple, str]:
+    key = class_subset.lower()
+    if key in ("", "all", "coco", "coco80"):
+        return None, tuple(names), "coco"
+    if key in ("voc", "voc20"):
+        return apply_class_subset(names, VOC_NAMES, COCO_TO_VOC), VOC_NAMES, "coco_voc20"
+    raise ValueError(f"unknown class_subset {class_subset!r} (use '' or 'voc20')")
+
+
+class _Image:
+    """What the builder needs to know about one image while it walks the annotations."""
+
+    def __init__(self, iid, file_name, h, w):
+        self.id, self.file_name, self.h, self.w = iid, file_name, h, w
+        self.anns: list[tuple[int, dict]] = []
+
+
+def _index(doc: dict, uri: str, errors: ErrorCollector) -> dict[int, _Image]:
+    images: dict[int, _Image] = {}
+    for entry in doc["images"]:
+        try:
+            iid, name, h, w = _check_image(entry)
+        except ValueError as e:
+            errors.add(uri, str(e))
+            continue
+        if iid in images:
+            errors.add(f"image {iid}", "duplicate image id in the JSON; first entry kept")
+            continue
+        images[iid] = _Image(iid, name, h, w)
+    for k, ann in enumerate(doc["annotations"]):
+        reason = _check_annotation(ann, images)
+        if reason:
+            errors.add(_ann_name(ann, k), reason)
+        else:
+            images[ann["image_id"]].anns.append((k, ann))
+    return images
+
+
+def _layers(img: _Image, values: list, errors: ErrorCollector) -> list:
+    layers = []
+    for (k, ann), value in zip(img.anns, values):
+        try:
+            m = segmentation_mask(ann["segmentation"], img.h, img.w)
+        except (ValueError, TypeError, OverflowError) as e:
+            errors.add(_ann_name(ann, k), f"bad segmentation (image {img.id}): {e}")
+            continue
+        area = ann.get("area")
+        area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else float(m.sum())
+        layers.append((area, k, value, m))
+    return layers
+
+
+def _labels_and_values(img: _Image, cat_index, lut, errors) -> tuple[list[int], list[int]]:
+    """Image labels (non-crowd, inside the subset) and the paint value of each annotation."""
+    source, values = [], []
+    for k, ann in img.anns:
+        cls = cat_index.get(ann["category_id"])
+        if cls is None:
+            errors.add(_ann_name(ann, k), f"unknown category_id {ann['category_id']} (image {img.id})")
+            values.append(IGNORE)  # an unknown object is still not background
+            continue
+        target = cls if lut is None else lut[cls]
+        if ann.get("iscrowd", 0) or target is None:
+            values.append(IGNORE)
+        else:
+            source.append(cls)
+            values.append(target + 1)
+    return map_labels(source, lut), values
+
+
+def _on_disk(file_name: str, uri: str, listing: set[str]) -> bool:
+    # the listing holds top-level names only; a file_name with a folder needs a stat
+    return file_name in listing if "/" not in file_name else uri_exists(uri)
+
+
+def build_coco_manifest(root: str, split: str, mask_dir: str, class_subset: str = "",
+                        limit: int = 0, strict: bool = False
+                        ) -> tuple[list[ManifestRow], ClassSpace, list[ErrorRecord]]:
+    """Rows for one COCO split, sorted by image id, GT masks written to
+    ``<mask_dir>/<image_id>.png`` (existing ones kept: reruns skip the painting).
+    ``limit`` > 0 stops after that many usable rows. Whole-file problems raise
+    ``ItemError``; bad single entries become records (or raise with ``strict``)."""
+    root, mask_dir = absolute_root(root), absolute_root(mask_dir)
+    base, folder = _resolve_split(root, split)
+    ann_uri = join_uri(root, "annotations", f"instances_{folder}.json")
+    doc = _load_json(ann_uri)
+    cat_index, names = _categories(doc["categories"], ann_uri)
+    lut, class_names, dataset = _resolve_subset(class_subset, names)
+    errors = ErrorCollector(strict)
+    images = _index(doc, ann_uri, errors)
+    image_dir = join_uri(root, folder)
+    on_disk = list_names(image_dir)
+    if on_disk is None:
+        raise ItemError(image_dir, "image directory not found")
+    done_masks = list_names(mask_dir) or set()
+    rows: list[ManifestRow] = []
+    for iid in tqdm(sorted(images), desc=f"coco {folder}", unit="img", disable=None):
+        if limit and len(rows) >= limit:
+            break
+        img = images[iid]
+        uri = join_uri(image_dir, img.file_name)
+        if not _on_disk(img.file_name, uri, on_disk):
+            errors.add(uri, f"image {iid} listed in the JSON but missing on disk")
+            continue
+        labels, values = _labels_and_values(img, cat_index, lut, errors)
+        if not labels:
+            errors.add(uri, f"no labels: image {iid} has no non-crowd object"
+                            + (" of the subset" if lut is not None else ""))
+            continue
+        mask_uri = join_uri(mask_dir, f"{iid}.png")
+        if f"{iid}.png" not in done_masks:
+            save_mask(paint_semantic(img.h, img.w, _layers(img, values, errors)), mask_uri)
+        rows.append(ManifestRow(iid, uri, labels, mask_uri, base, img.h, img.w))
+    return rows, ClassSpace(dataset, class_names), errors.records

@@ -1,0 +1,53 @@
+"""Multi-label classifier: backbone -> GAP -> 1x1 conv head without bias (the authors' net),
+plus ReCAM's second head FC2 and the four CAM weight variants."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from wsss_ray.models.backbones import build_backbone, set_frozen
+
+CAM_WEIGHT_VARIANTS = ("w", "w'", "w+w'", "w*w'")
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        self.fc2 = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)   # ReCAM's FC2
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats.mean((2, 3), keepdim=True)).flatten(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.features(images))
+
+    def cam_weight(self, variant: str = "w") -> torch.Tensor:
+        """(C, D) weight that turns features into class activations."""
+        w, w2 = self.head.weight.flatten(1), self.fc2.weight.flatten(1)
+        table = {"w": lambda: w, "w'": lambda: w2, "w+w'": lambda: w + w2, "w*w'": lambda: w * w2}
+        if variant not in table:
+            raise ValueError(f"unknown CAM weight variant {variant!r}; choose from {CAM_WEIGHT_VARIANTS}")
+        return table[variant]()
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by learning-rate group (the authors' backbone / head split)."""
+        trainable = lambda ps: [p for p in ps if p.requires_grad]
+        return {"backbone": trainable(self.backbone.parameters()),
+                "head": trainable(self.head.parameters()),
+                "fc2": trainable(self.fc2.parameters())}
+
+
+def build_classifier(backbone: str, weights: str, num_classes: int, freeze_backbone: bool = False) -> Classifier:
+    model = Classifier(build_backbone(backbone, weights), num_classes)
+    if freeze_backbone:
+        set_frozen(model.backbone, True)
+    return model

@@ -1,0 +1,115 @@
+"""Seed evaluation: one pass over maps and GT masks builds the confusion matrices of every
+background threshold (Ray Data map over shards, summed on the driver), then writes
+``eval/<method>.json`` and ``eval/<method>.png`` (mIoU against threshold)."""
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+import torch.nn.functional as F
+
+from wsss_ray.config import EvalConfig
+from wsss_ray.data.images import load_mask
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.metrics import scores_from_confusion, threshold_confusions
+from wsss_ray.rundir import RunDir
+from wsss_ray.store import decode_maps, list_shards, open_fs
+
+
+def full_resolution(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Stored (c,h,w) maps -> (c,H,W) by bilinear upsampling (no-op at stride 1)."""
+    if maps.shape[1:] == (height, width) or maps.shape[0] == 0:
+        return maps if maps.shape[0] else np.zeros((0, height, width), np.float32)
+    t = torch.from_numpy(maps)[None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def gt_at(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """GT mask at the evaluation size (nearest, so labels stay labels)."""
+    if mask.shape == (height, width):
+        return mask
+    from PIL import Image
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def image_confusions(row: dict, mask_uri: str, num_classes: int, thresholds) -> np.ndarray:
+    maps = decode_maps(row["data"], row["map_shape"])
+    maps = full_resolution(maps, int(row["height"]), int(row["width"]))
+    gt = gt_at(load_mask(mask_uri), int(row["height"]), int(row["width"]))
+    return threshold_confusions(maps, gt, list(row["classes"]), num_classes, thresholds)
+
+
+def confusions_of_batch(batch: dict, masks: dict, num_classes: int, thresholds, image_ids=None) -> dict:
+    k = num_classes + 1
+    total = np.zeros((len(thresholds), k, k), np.int64)
+    count = 0
+    for i in range(len(batch["image_id"])):
+        image_id = int(batch["image_id"][i])
+        if masks.get(image_id) is None or (image_ids is not None and image_id not in image_ids):
+            continue
+        row = {key: batch[key][i] for key in batch}
+        total += image_confusions(row, masks[image_id], num_classes, thresholds)
+        count += 1
+    return {"confusion": total.reshape(1, -1), "count": np.array([count])}
+
+
+def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None) -> tuple[np.ndarray, int, list]:
+    manifest, classes = read_manifest(run.manifest())
+    masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+    fs, path = open_fs(run.uri("maps", method))
+    shards = list_shards(fs, path)
+    k = classes.num_classes + 1
+    if not shards:
+        raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
+    ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
+    ds = ds.map_batches(confusions_of_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes,
+                                   "thresholds": list(thresholds),
+                                   "image_ids": None if image_ids is None else set(image_ids)})
+    total, count = np.zeros((len(thresholds), k, k), np.int64), 0
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        total += part["confusion"].sum(0).reshape(len(thresholds), k, k)
+        count += int(part["count"].sum())
+    return total, count, list(classes.names)
+
+
+def summarise(method: str, dataset: str, thresholds, confusions: np.ndarray, num_images: int,
+              class_names: list) -> dict:
+    per_t = [scores_from_confusion(c) for c in confusions]
+    best_i = int(np.nanargmax([s["miou"] for s in per_t]))
+    best = dict(per_t[best_i], threshold=float(thresholds[best_i]))
+    return {"method": method, "dataset": dataset, "num_images": num_images,
+            "thresholds": [float(t) for t in thresholds], "miou": [s["miou"] for s in per_t],
+            "precision": [s["precision"] for s in per_t], "recall": [s["recall"] for s in per_t],
+            "best": best, "class_names": ["background", *class_names]}
+
+
+def plot_curves(results: list[dict], png_path: str, title: str = "seed mIoU vs background threshold") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for res in results:
+        ax.plot(res["thresholds"], res["miou"], marker="o", ms=3,
+                label=f"{res['method']} (best {res['best']['miou']:.3f} @ {res['best']['threshold']:.2f})")
+    ax.set_xlabel("background threshold")
+    ax.set_ylabel("mIoU")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fs, path = open_fs(png_path)
+    with fs.open_output_stream(path) as out:
+        fig.savefig(out, format="png")
+    plt.close(fig)
+
+
+def evaluate_maps(run: RunDir, method: str, dataset: str, cfg: EvalConfig = EvalConfig(),
+                  image_ids=None, write: bool = True, tag: str = "") -> dict:
+    """Evaluate ``maps/<method>`` against GT; writes ``eval/<method><tag>.json`` and ``.png``."""
+    confusions, count, names = accumulate_confusions(run, method, cfg.thresholds, image_ids)
+    result = summarise(method, dataset, cfg.thresholds, confusions, count, names)
+    if write:
+        run.write_json(run.eval_json(method + tag), result)
+        plot_curves([result], run.uri("eval", f"{method}{tag}.png"))
+    return result

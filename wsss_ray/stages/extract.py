@@ -1,0 +1,112 @@
+"""Map extraction on the Ray Data actor pool: CAM, ReCAM (weight variants), LPCAM, InferCam.
+
+Writes ``maps/<name>/part-NNNNN.parquet`` (schema ``store.MAPS_SCHEMA``) and per-chunk
+error tables under ``errors/maps_<name>/``.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from wsss_ray.cams.cam import strided_size
+from wsss_ray.cams.registry import build_map_fn
+from wsss_ray.cams.training import normalise_image
+from wsss_ray.config import CamConfig
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.models.checkpoint import load_classifier
+from wsss_ray.rundir import RunDir
+from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
+from wsss_ray.store import MAPS_SCHEMA, map_row, open_fs, write_table_atomic
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def batches_by_shape(rows: list[dict], images: dict, batch_size: int):
+    """Group same-size images (a batch must share H, W), in image_id order, then cut into batches."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row["image_id"] in images:
+            groups[images[row["image_id"]].shape[:2]].append(row)
+    for shape in sorted(groups):
+        members = groups[shape]
+        for i in range(0, len(members), batch_size):
+            yield members[i:i + batch_size]
+
+
+class ModelRunner:
+    """Loads the classifier once per actor and turns decoded images into network input."""
+
+    def __init__(self, checkpoint_dir: str, use_gpu: bool):
+        self.device = pick_device(use_gpu)
+        self.model, self.model_cfg, _ = load_classifier(checkpoint_dir)
+        self.model.to(self.device)
+
+    def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        mean, std = self.model_cfg.image_mean, self.model_cfg.image_std
+        return torch.from_numpy(np.stack([normalise_image(im, mean, std) for im in images])).to(self.device)
+
+
+class MapProcessor(ModelRunner):
+    def __init__(self, checkpoint_dir: str, kind: str, params: dict, cam_cfg: CamConfig, output_dir: str,
+                 prototypes_path: str = ""):
+        super().__init__(checkpoint_dir, cam_cfg.use_gpu)
+        params = dict(params, scales=tuple(cam_cfg.scales), flip=cam_cfg.flip)
+        if prototypes_path:
+            fs, path = open_fs(prototypes_path)
+            params["prototypes"] = pq.read_table(path, filesystem=fs)
+        self.map_fn = build_map_fn(kind, self.model, params)
+        self.cfg = cam_cfg
+        self.output_dir = output_dir
+
+    def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
+        out_rows = []
+        for batch in batches_by_shape(rows, images, self.cfg.batch_size):
+            h, w = images[batch[0]["image_id"]].shape[:2]
+            x = self.tensor([images[r["image_id"]] for r in batch])
+            maps = self.map_fn(x, [r["labels"] for r in batch], strided_size(h, w, self.cfg.store_stride))
+            out_rows += [map_row(r["image_id"], r["labels"], h, w, m.float().cpu().numpy())
+                         for r, m in zip(batch, maps)]
+        out_rows.sort(key=lambda r: r["image_id"])
+        fs, path = open_fs(self.output_dir)
+        write_table_atomic(pa.Table.from_pylist(out_rows, schema=MAPS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
+        return []
+
+
+def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: CamConfig,
+                 params: dict | None = None, prototypes_path: str = "", chunk_size: int = 32,
+                 strict: bool = False) -> dict:
+    """Compute ``kind`` maps for every labelled manifest image not yet in ``maps/<name>``."""
+    manifest, _ = read_manifest(run.manifest())
+    output_dir = run.uri("maps", name)
+    chunks = plan_chunks(manifest, chunk_size)
+    todo = pending_chunks(chunks, output_dir)
+    start = time.perf_counter()
+    factory = _Factory(MapProcessor, checkpoint=checkpoint, kind=kind, params=params or {}, cam_cfg=cam_cfg,
+                       output_dir=output_dir, prototypes_path=prototypes_path)
+    stats = run_chunked(todo, factory, run.uri("errors", f"maps_{name}"), f"maps_{name}",
+                        num_actors=cam_cfg.num_actors, actor_cpus=cam_cfg.actor_cpus, use_gpu=cam_cfg.use_gpu,
+                        max_side=cam_cfg.max_side, strict=strict)
+    return {"name": name, "chunks_total": len(chunks), "chunks_run": len(todo),
+            "images": int(sum(s["num_images"] for s in stats)),
+            "errors": int(sum(s["num_errors"] for s in stats)),
+            "seconds": time.perf_counter() - start}
+
+
+class _Factory:
+    """A picklable zero-argument constructor for a processor (built inside each actor)."""
+
+    def __init__(self, cls, **kwargs):
+        self.cls, self.kwargs = cls, kwargs
+
+    def __call__(self):
+        kw = dict(self.kwargs)
+        if "checkpoint" in kw:
+            kw["checkpoint_dir"] = kw.pop("checkpoint")
+        return self.cls(**kw)

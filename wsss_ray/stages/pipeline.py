@@ -1,0 +1,155 @@
+"""The whole flow as one function over a typed config: manifest -> classifier (Ray Train)
+-> CAM (Ray Data) -> [ReCAM] -> [LPCAM prototypes -> LPCAM, LPCAM-F] -> [InferCam] ->
+evaluation -> a Table-1-style summary. Jobs are thin wrappers around ``run_pipeline``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+
+from wsss_ray.config import CamConfig, DatasetConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, to_dict
+from wsss_ray.rundir import RunDir
+
+ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam")
+RECAM_VARIANTS = {"recam_w": "w", "recam_wp": "w'", "recam_wsum": "w+w'", "recam_wprod": "w*w'"}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run_dir: str
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    recam_train: TrainConfig = TrainConfig()
+    cam: CamConfig = CamConfig()
+    lpcam: LPCAMConfig = LPCAMConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: tuple = ("cam", "lpcam", "lpcam_f")
+    infercam: dict = field(default_factory=dict)
+    strict: bool = False
+
+
+def demo_config(run_dir: str, quick: bool = False, methods=("cam", "lpcam", "lpcam_f")) -> PipelineConfig:
+    """The embedded default: the demo world, the tiny backbone trained from scratch."""
+    train = TrainConfig(epochs=6 if quick else 15, batch_size=16, optimizer="adam", lr_backbone=2e-3, lr_head=2e-2,
+                        weight_decay=1e-4, resize_long=(96, 128), crop_size=112, num_workers=2, seed=0)
+    recam = dataclasses.replace(train, epochs=3 if quick else 4, lr_backbone=2e-4, lr_head=2e-4, lr_fc2=2e-3,
+                                recam_lambda=1.0)
+    return PipelineConfig(
+        run_dir=run_dir, dataset=DatasetConfig(kind="demo", demo_size="quick" if quick else "full"),
+        model=ModelConfig(backbone="tiny", weights="none"), train=train, recam_train=recam,
+        cam=CamConfig(batch_size=16, num_actors=1, actor_cpus=1.0),
+        lpcam=LPCAMConfig(tau=0.1, k=8, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9, images_per_class=0,
+                          max_positions_per_image=64),
+        methods=tuple(methods))
+
+
+def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str = "", limit: int = 0,
+                protocol: str = "coco", methods=("cam", "lpcam", "lpcam_f")) -> PipelineConfig:
+    """COCO 2014/2017. ``protocol="reference"`` is ../shared/REFERENCE_RESULTS.md's: frozen
+    ImageNet EfficientNet-Lite0 + linear head, Adam, 448 px, VOC-style LPCAM knobs."""
+    dataset = DatasetConfig(kind="coco", root=root, split=split, class_subset=class_subset, limit=limit)
+    if protocol == "reference":
+        model = ModelConfig(backbone="efficientnet_lite0", weights="imagenet", freeze_backbone=True)
+        train = TrainConfig(epochs=30, batch_size=16, optimizer="adam", lr_backbone=0.0, lr_head=1e-3,
+                            weight_decay=1e-4, resize_long=(448, 448), crop_size=448, poly_power=0.0,
+                            num_workers=2, seed=0)
+        lpcam = LPCAMConfig(tau=0.1, k=12, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9, images_per_class=0,
+                            kmeans_iters=50, seed=0)
+    else:
+        model = ModelConfig(backbone="resnet50", weights="imagenet")
+        train = TrainConfig(epochs=5, batch_size=16)
+        lpcam = LPCAMConfig()
+    recam = dataclasses.replace(train, epochs=4, lr_backbone=5e-5, lr_head=5e-5, lr_fc2=5e-4, recam_lambda=0.1,
+                                batch_size=6 if protocol != "reference" else 16)
+    return PipelineConfig(run_dir=run_dir, dataset=dataset, model=model, train=train, recam_train=recam,
+                          cam=CamConfig(batch_size=4, max_side=448, num_actors=1, actor_cpus=1.0),
+                          lpcam=lpcam, methods=tuple(methods))
+
+
+def log(msg: str) -> None:
+    print(f"[wsss_ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    from wsss_ray.stages.evaluate import evaluate_maps, plot_curves
+    from wsss_ray.stages.extract import extract_maps
+    from wsss_ray.stages.manifest import build_manifest
+    from wsss_ray.stages.session import ensure_ray
+    from wsss_ray.stages.train import train_classifier
+
+    run = RunDir(cfg.run_dir)
+    ensure_ray()
+    timings, results = {}, {}
+    run.write_json(run.path("config.json"), to_dict(cfg))
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        log(f"{name} ...")
+        out = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - start
+        log(f"{name} done in {timings[name]:.1f}s: {_short(out)}")
+        return out
+
+    timed("manifest", build_manifest, run, cfg.dataset, cfg.strict)
+    train_info = timed("train_cam", train_classifier, run, "cam", cfg.model, cfg.train)
+    ckpt = run.uri("checkpoints", "cam")
+    dataset = cfg.dataset.kind if not cfg.dataset.class_subset else f"{cfg.dataset.kind}:{cfg.dataset.class_subset}"
+
+    def extract_and_eval(name, kind, checkpoint, params=None, prototypes=""):
+        timed(f"maps_{name}", extract_maps, run, name, kind, checkpoint, cfg.cam, params or {}, prototypes,
+              strict=cfg.strict)
+        results[name] = timed(f"eval_{name}", evaluate_maps, run, name, dataset, cfg.eval)
+
+    extract_and_eval("cam", "cam", ckpt)
+    if "recam" in cfg.methods:
+        timed("train_recam", train_classifier, run, "recam", cfg.model, cfg.recam_train, init_from=ckpt)
+        for name, variant in RECAM_VARIANTS.items():
+            extract_and_eval(name, "cam", run.uri("checkpoints", "recam"), {"variant": variant})
+        results["recam"] = dict(results["recam_wprod"], method="recam")
+        run.write_json(run.eval_json("recam"), results["recam"])
+    if {"lpcam", "lpcam_f"} & set(cfg.methods):
+        from wsss_ray.stages.prototypes import build_prototypes, cluster_all, sample_features
+        timed("lpcam_features", sample_features, run, ckpt, cfg.lpcam, cfg.cam)
+        timed("lpcam_cluster", cluster_all, run, ckpt, cfg.lpcam, cfg.cam.use_gpu)
+        timed("lpcam_select", build_prototypes, run, ckpt, cfg.lpcam)
+        protos = run.uri("prototypes", "lpcam.parquet")
+        if "lpcam" in cfg.methods:
+            extract_and_eval("lpcam", "lpcam", ckpt, {}, protos)
+        if "lpcam_f" in cfg.methods:
+            extract_and_eval("lpcam_f", "lpcam", ckpt, {"fg_only": True}, protos)
+    if "infercam" in cfg.methods:
+        for name, switches in {"infercam": {"split": True, "iterate": True},
+                               "infercam_split": {"split": True, "iterate": False},
+                               "infercam_iter": {"split": False, "iterate": True}}.items():
+            extract_and_eval(name, "infercam", ckpt, {**cfg.infercam, **switches})
+    plot_curves(list(results.values()), run.uri("eval", "summary.png"))
+    table = summary_table(results)
+    run.write_text(run.path("eval", "summary.md"), table + "\n")
+    summary = {"timings_s": timings, "train": train_info,
+               "results": {k: v["best"] | {"num_images": v["num_images"]} for k, v in results.items()}}
+    run.write_json(run.path("eval", "summary.json"), summary)
+    print(table, flush=True)
+    return summary
+
+
+def summary_table(results: dict) -> str:
+    """LPCAM's Table 1 form: mIoU, FP, FN, precision, recall at each method's best threshold."""
+    lines = ["| method | best thr | mIoU | FP | FN | precision | recall | images |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        b = res["best"]
+        lines.append(f"| {name} | {b['threshold']:.2f} | {b['miou']:.4f} | {b['fp']:.4f} | {b['fn']:.4f} | "
+                     f"{b['precision']:.4f} | {b['recall']:.4f} | {res['num_images']} |")
+    return "\n".join(lines)
+
+
+def _short(obj) -> str:
+    if isinstance(obj, dict):
+        keep = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in obj.items()
+                if k not in ("per_class_iou", "miou", "thresholds", "precision", "recall", "class_names")}
+        if "best" in obj:
+            keep["best"] = {k: round(v, 4) for k, v in obj["best"].items() if isinstance(v, float)}
+        return json.dumps(keep, default=str)[:400]
+    return str(obj)[:400]

@@ -1,0 +1,29 @@
+"""One Ray session for a process: local when no cluster is given, the cluster under
+``ray job submit`` (RAY_ADDRESS is set there)."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 600.0) -> None:
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            # A local cluster gets more logical CPUs than cores: an actor pool on 2
+            # cores can otherwise starve Ray Data's read and write tasks (DESIGN.md).
+            ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+                     include_dashboard=False, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = no_progress_timeout_s
+    ctx.enable_progress_bars = True
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))

@@ -1,0 +1,212 @@
+"""Classifier training on Ray Train (TorchTrainer + DDP: gloo on CPU, nccl on GPU).
+
+The BCE classifier (CAM) and ReCAM (BCE + lambda * SCE, continuing from the CAM
+checkpoint) share this loop. Each epoch rank 0 writes ``checkpoints/<name>/epoch-NNN/``
+(model, optimiser, epoch) and reports it to Ray Train; a worker failure resumes from
+Ray's latest checkpoint, a rerun of the job from the latest complete epoch directory,
+and a finished run (``checkpoints/<name>/model.pt``) is skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from wsss_ray.cams.recam import sce_loss_terms
+from wsss_ray.cams.training import augment, labels_to_targets, multilabel_soft_margin, poly_lr
+from wsss_ray.config import ModelConfig, TrainConfig, from_dict, to_dict
+from wsss_ray.data.errors import ItemError
+from wsss_ray.data.images import load_rgb
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.models.checkpoint import load_classifier, load_state, save_classifier
+from wsss_ray.models.classifier import build_classifier
+from wsss_ray.rundir import RunDir
+from wsss_ray.store import exists, list_shards, open_fs
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = model.param_groups()
+    lrs = {"backbone": cfg.lr_backbone, "head": cfg.lr_head, "fc2": cfg.lr_fc2}
+    if cfg.recam_lambda <= 0:
+        groups["fc2"] = []          # FC2 is ReCAM's: untouched by BCE training
+    param_groups = [{"params": ps, "lr": lrs[name], "initial_lr": lrs[name], "name": name}
+                    for name, ps in groups.items() if ps]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(param_groups, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(param_groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def rank_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
+    """This rank's sample order for an epoch: one seeded permutation, dealt round-robin and
+    wrapped so every rank runs the same number of steps (DDP needs it)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = -(-n // world)
+    order = np.resize(order, per_rank * world)
+    return order[rank::world]
+
+
+def classifier_loss(model, images, targets, cfg: TrainConfig, world: int) -> tuple[torch.Tensor, dict]:
+    """BCE, plus lambda * SCE for ReCAM with the SCE mean taken over the global batch."""
+    core = model.module if hasattr(model, "module") else model
+    feats = core.features(images)
+    logits = core.logits_from_features(feats)
+    bce = multilabel_soft_margin(logits, targets)
+    parts = {"bce": float(bce.detach())}
+    if cfg.recam_lambda <= 0:
+        return bce, parts
+    sce_sum, count = sce_loss_terms(feats, core.head.weight.flatten(1), core.fc2.weight, targets, cfg.recam_detach)
+    global_count = torch.tensor([float(count)])
+    if world > 1:
+        dist.all_reduce(global_count)
+    # DDP averages gradients over ranks: scale by world so the result is sum / global count
+    sce = sce_sum * world / global_count.clamp(min=1).item()
+    parts["sce"] = float(sce.detach())
+    return bce + cfg.recam_lambda * sce, parts
+
+
+def load_batch(rows, idx, rng, cfg: TrainConfig, model_cfg: ModelConfig, bad: set):
+    images, labels = [], []
+    for i in idx:
+        row = rows[i]
+        if row["uri"] in bad:
+            continue
+        try:
+            image = load_rgb(row["uri"])
+        except ItemError:
+            bad.add(row["uri"])          # the manifest stage already recorded why
+            continue
+        images.append(augment(image, rng, cfg.resize_long, cfg.crop_size, cfg.hflip,
+                              model_cfg.image_mean, model_cfg.image_std))
+        labels.append(row["labels"])
+    return images, labels
+
+
+def _save_epoch(directory: str, model, optimizer, epoch: int, metrics: dict) -> None:
+    os.makedirs(directory, exist_ok=True)
+    core = model.module if hasattr(model, "module") else model
+    torch.save(core.state_dict(), os.path.join(directory, "model.pt"))
+    torch.save(optimizer.state_dict(), os.path.join(directory, "optim.pt"))
+    with open(os.path.join(directory, "state.json"), "w") as f:
+        json.dump({"epoch": epoch, **metrics}, f)
+
+
+def _restore(directory: str, model, optimizer) -> int:
+    model.load_state_dict(torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(torch.load(os.path.join(directory, "optim.pt"), map_location="cpu", weights_only=True))
+    with open(os.path.join(directory, "state.json")) as f:
+        return int(json.load(f)["epoch"]) + 1
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(TrainConfig, config["train"])
+    model_cfg = from_dict(ModelConfig, config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.seed)
+    model = build_classifier(model_cfg.backbone, model_cfg.weights, config["num_classes"], model_cfg.freeze_backbone)
+    if config.get("init_from"):
+        model.load_state_dict(load_state(config["init_from"]))
+    optimizer = build_optimizer(model, cfg)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            start_epoch = _restore(d, model, optimizer)
+    elif config.get("resume_dir"):
+        start_epoch = _restore(config["resume_dir"], model, optimizer)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    rows = config["rows"]
+    steps_per_epoch = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // cfg.batch_size)
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
+    bad: set = set()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        order = rank_indices(len(rows), epoch, cfg.seed, rank, world)
+        losses, start = [], time.perf_counter()
+        for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["initial_lr"], global_step, total_steps, cfg.poly_power)
+            images, labels = load_batch(rows, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], rng,
+                                        cfg, model_cfg, bad)
+            if not images:          # keep DDP in step: a zero-loss step still all-reduces
+                images, labels = [np.zeros((3, cfg.crop_size, cfg.crop_size), np.float32)], [[]]
+            x = torch.from_numpy(np.stack(images)).to(device)
+            y = labels_to_targets(labels, config["num_classes"]).to(device)
+            loss, parts = classifier_loss(model, x, y, cfg, world)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start,
+                   "images_per_second": len(order) / max(time.perf_counter() - start, 1e-9)}
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                _save_epoch(tmp, model, optimizer, epoch, metrics)
+                _save_epoch(os.path.join(config["epochs_dir"], f"epoch-{epoch:03d}"), model, optimizer, epoch, metrics)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+
+def latest_epoch_dir(epochs_dir: str) -> str:
+    if not os.path.isdir(epochs_dir):
+        return ""
+    done = sorted(d for d in os.listdir(epochs_dir) if os.path.exists(os.path.join(epochs_dir, d, "state.json")))
+    return os.path.join(epochs_dir, done[-1]) if done else ""
+
+
+def training_rows(run: RunDir, split: str | None = None) -> tuple[list[dict], int]:
+    manifest, classes = read_manifest(run.manifest())
+    rows = [{"uri": r["uri"], "labels": r["labels"]} for r in manifest.to_pylist()
+            if r["labels"] and (split is None or r["split"] == split)]
+    return rows, classes.num_classes
+
+
+def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainConfig,
+                     init_from: str = "", split: str | None = None, max_failures: int = 2) -> dict:
+    """Train (or resume, or skip when finished) ``checkpoints/<name>``; returns its metrics."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    out_dir = run.checkpoint(name)
+    fs, _ = run.fs()
+    if exists(fs, f"{out_dir}/model.pt"):
+        return {"name": name, "skipped": True, **json.loads(run.read_text(f"{out_dir}/model.json")).get("train_metrics", {})}
+    rows, num_classes = training_rows(run, split)
+    if not rows:
+        raise ValueError("no labelled images in the manifest: nothing to train on")
+    epochs_dir = os.path.join(out_dir, "epochs")        # Ray Train workers write local/shared paths
+    config = {"train": to_dict(cfg), "model": to_dict(model_cfg), "num_classes": num_classes, "rows": rows,
+              "init_from": init_from, "resume_dir": latest_epoch_dir(epochs_dir), "epochs_dir": epochs_dir}
+    start = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=f"{name}", storage_path=run.path("ray_train"),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    last = latest_epoch_dir(epochs_dir)
+    model = build_classifier(model_cfg.backbone, "none", num_classes, model_cfg.freeze_backbone)
+    model.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics["fit_seconds"] = seconds
+    save_classifier(model, model_cfg, num_classes, out_dir, extra={"train": to_dict(cfg), "train_metrics": metrics})
+    return {"name": name, "skipped": False, **metrics}
