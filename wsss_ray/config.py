@@ -47,7 +47,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 5
-    batch_size: int = 16
+    batch_size: int = 16              # global batch, split across the Ray Train workers
     lr_backbone: float = 0.1
     lr_head: float = 1.0
     weight_decay: float = 1e-4
@@ -58,7 +58,7 @@ class TrainConfig:
     optimizer: str = "sgd"            # sgd | adam
     poly_power: float = 0.9
     resize_long: tuple = (320, 640)   # random long side range
-    crop_size: int = 512
+    crop_size: int = 512              # 0 = no crop (the linear probe on a frozen backbone)
     hflip: bool = True
     num_workers: int = 2
     use_gpu: bool = False
@@ -97,7 +97,7 @@ class LPCAMConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    thresholds: tuple = tuple(round(0.05 * i, 2) for i in range(1, 13))
+    thresholds: tuple = tuple(round(0.05 * i, 2) for i in range(1, 20))     # 0.05 .. 0.95
     max_side: int = 0                 # evaluate at this long side (0 = native resolution)
 
 

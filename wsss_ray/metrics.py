@@ -20,6 +20,9 @@ def threshold_confusions(scores: np.ndarray, gt: np.ndarray, classes, num_classe
     background, id + 1 = class, 255 = ignore.
     """
     thresholds = np.asarray(thresholds, np.float64)
+    # the bucket trick below needs ascending thresholds: work sorted, answer in the caller's order
+    order = np.argsort(thresholds, kind="stable")
+    thresholds = thresholds[order]
     k = num_classes + 1
     valid = gt != IGNORE
     gt_v = gt[valid].astype(np.int64)
@@ -43,7 +46,9 @@ def threshold_confusions(scores: np.ndarray, gt: np.ndarray, classes, num_classe
         fg = fg_from[i + 1]
         conf[i] += fg
         conf[i, :, 0] += (hist.sum(0) - fg).sum(1)    # everything else predicted background
-    return conf
+    out = np.empty_like(conf)
+    out[order] = conf
+    return out
 
 
 def scores_from_confusion(conf: np.ndarray) -> dict:

@@ -32,7 +32,7 @@ CAT, DOG, BOAT, TRAIN, BIRD = range(5)
 SIZES = {"full": 480, "quick": 96}
 IMAGE_SIZE = 112
 CONTEXT_TOP = 0.70            # water / rails occupy the image below this fraction
-STRAY_CONTEXT_P = 0.05        # context drawn without its object (keeps it from being a label)
+STRAY_CONTEXT_P = 0.2         # context drawn without its object: correlated with it, not a label
 
 
 def demo_classes() -> ClassSpace:
@@ -135,15 +135,21 @@ def _draw_boat(rng, canvas, labels, top):
 
 
 def _draw_train(rng, canvas, labels, top):
+    """A locomotive (the discriminative part: yellow nose, black window) pulling bland
+    blue-grey carriages (class-specific, weakly discriminative: CAM tends to miss them)."""
     cars, car_w, h = int(rng.integers(2, 4)), int(rng.integers(16, 22)), int(rng.integers(14, 19))
-    x0 = int(rng.integers(0, max(1, IMAGE_SIZE - cars * (car_w + 2))))
+    x0 = int(rng.integers(0, max(1, IMAGE_SIZE - (cars + 1) * (car_w + 2))))
     y1 = top + 6
     mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
-    for i in range(cars):
+    for i in range(cars + 1):
         cx = x0 + i * (car_w + 2)
-        mask[y1 - h:y1, cx:min(cx + car_w, IMAGE_SIZE)] = True
-        canvas[y1 - h:y1, cx:min(cx + car_w, IMAGE_SIZE)] = [200, 60, 60]
-        canvas[y1 - h + 3:y1 - h + 8, cx + 3:min(cx + car_w - 3, IMAGE_SIZE)] = [240, 240, 200]   # windows
+        x_end = min(cx + car_w, IMAGE_SIZE)
+        mask[y1 - h:y1, cx:x_end] = True
+        if i == 0:                                              # locomotive
+            canvas[y1 - h:y1, cx:x_end] = [245, 200, 30]
+            canvas[y1 - h + 3:y1 - h + 8, cx + 3:cx + 9] = [20, 20, 20]
+        else:                                                   # carriages
+            canvas[y1 - h:y1, cx:x_end] = np.array([110, 125, 150]) + rng.normal(0, 5, (h, x_end - cx, 3))
     labels[mask] = TRAIN + 1
 
 

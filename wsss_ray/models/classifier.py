@@ -27,8 +27,13 @@ class Classifier(nn.Module):
     def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(feats.mean((2, 3), keepdim=True)).flatten(1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_features(self.features(images))
+    def forward(self, x: torch.Tensor, with_features: bool = False, from_features: bool = False):
+        """Logits, or (logits, features): training needs both from one call through the DDP
+        wrapper, whose forward is what arms the gradient all-reduce. ``from_features``: x is
+        already a feature map (the linear probe's cached pooled features)."""
+        feats = x if from_features else self.features(x)
+        logits = self.logits_from_features(feats)
+        return (logits, feats) if with_features else logits
 
     def cam_weight(self, variant: str = "w") -> torch.Tensor:
         """(C, D) weight that turns features into class activations."""

@@ -17,8 +17,9 @@ def build_rows(cfg: DatasetConfig, run: RunDir, strict: bool = False):
         return build_demo_manifest(run.path("demo_world"), size=cfg.demo_size)
     if cfg.kind == "coco":
         from wsss_ray.data.coco import build_coco_manifest
-        return build_coco_manifest(cfg.root, cfg.split, run.path("gt_masks", cfg.class_subset or "all"), class_subset=cfg.class_subset,
-                                   limit=cfg.limit, strict=strict)
+        return _concat_splits([build_coco_manifest(cfg.root, split, run.path("gt_masks", cfg.class_subset or "all"),
+                                                   class_subset=cfg.class_subset, limit=cfg.limit, strict=strict)
+                               for split in cfg.split.split("+")])
     if cfg.kind == "voc":
         from wsss_ray.data.voc import build_voc_manifest
         return build_voc_manifest(cfg.root, cfg.split, strict=strict, limit=cfg.limit)
@@ -26,6 +27,15 @@ def build_rows(cfg: DatasetConfig, run: RunDir, strict: bool = False):
         from wsss_ray.data.folder import build_folder_manifest
         return build_folder_manifest(cfg.root, cfg.tags_file, masks_dir=cfg.masks_dir, strict=strict)
     raise ValueError(f"unknown dataset kind {cfg.kind!r}: demo, coco, voc or folder")
+
+
+def _concat_splits(parts):
+    """Several splits of one dataset (e.g. COCO "train+val") as one manifest."""
+    rows = [r for p in parts for r in p[0]]
+    ids = [r.image_id for r in rows]
+    if len(ids) != len(set(ids)):
+        raise ValueError("image ids repeat across the requested splits")
+    return rows, parts[0][1], [e for p in parts for e in p[2]]
 
 
 def build_manifest(run: RunDir, cfg: DatasetConfig, strict: bool = False) -> dict:

@@ -57,17 +57,18 @@ def rank_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> np.nda
     return order[rank::world]
 
 
-def classifier_loss(model, images, targets, cfg: TrainConfig, world: int) -> tuple[torch.Tensor, dict]:
+def classifier_loss(model, images, targets, cfg: TrainConfig, world: int,
+                    from_features: bool = False) -> tuple[torch.Tensor, dict]:
     """BCE, plus lambda * SCE for ReCAM with the SCE mean taken over the global batch."""
     core = model.module if hasattr(model, "module") else model
-    feats = core.features(images)
-    logits = core.logits_from_features(feats)
+    # call the (DDP) model itself: bypassing DDP's forward leaves gradients un-averaged
+    logits, feats = model(images, with_features=True, from_features=from_features)
     bce = multilabel_soft_margin(logits, targets)
     parts = {"bce": float(bce.detach())}
     if cfg.recam_lambda <= 0:
         return bce, parts
     sce_sum, count = sce_loss_terms(feats, core.head.weight.flatten(1), core.fc2.weight, targets, cfg.recam_detach)
-    global_count = torch.tensor([float(count)])
+    global_count = torch.tensor([float(count)], device=images.device)   # nccl reduces device tensors only
     if world > 1:
         dist.all_reduce(global_count)
     # DDP averages gradients over ranks: scale by world so the result is sum / global count
@@ -91,6 +92,46 @@ def load_batch(rows, idx, rng, cfg: TrainConfig, model_cfg: ModelConfig, bad: se
                               model_cfg.image_mean, model_cfg.image_std))
         labels.append(row["labels"])
     return images, labels
+
+
+def core_of(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def probe_mode(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
+    """A frozen backbone without random resize or crop: GAP features are fixed per (image,
+    flip), so the linear probe trains on them directly (exact, and epochs cost nothing)."""
+    return (model_cfg.freeze_backbone and cfg.crop_size == 0 and cfg.resize_long[0] == cfg.resize_long[1]
+            and cfg.recam_lambda <= 0)
+
+
+def probe_features(model, rows, cfg: TrainConfig, model_cfg: ModelConfig, rank: int, world: int, device):
+    """Pooled features (N, flips, D) of every row: each rank computes its share, then all gather."""
+    from wsss_ray.cams.training import normalise_image, resize_long_side
+    mine = {}
+    with torch.no_grad():
+        for i in range(rank, len(rows), world):
+            try:
+                image = resize_long_side(load_rgb(rows[i]["uri"]), cfg.resize_long[0])
+            except ItemError:
+                continue
+            x = torch.from_numpy(normalise_image(image, model_cfg.image_mean, model_cfg.image_std))[None].to(device)
+            views = [x, x.flip(-1)] if cfg.hflip else [x]
+            mine[i] = torch.cat([model.features(v).mean((2, 3)) for v in views]).cpu()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+        mine = {k: v for part in gathered for k, v in part.items()}
+    return mine
+
+
+def probe_batch(probe: dict, rows, idx, rng, hflip: bool):
+    """(B, D, 1, 1) cached pooled features (a random flip view each) and their labels."""
+    keep = [i for i in idx if i in probe]
+    if not keep:            # keep DDP in step
+        keep = [next(iter(probe))]
+    views = [probe[i][int(rng.integers(0, probe[i].shape[0]))] for i in keep]
+    return torch.stack(views)[:, :, None, None], [rows[i]["labels"] for i in keep]
 
 
 def _save_epoch(directory: str, model, optimizer, epoch: int, metrics: dict) -> None:
@@ -121,6 +162,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_classifier(model_cfg.backbone, model_cfg.weights, config["num_classes"], model_cfg.freeze_backbone)
     if config.get("init_from"):
         model.load_state_dict(load_state(config["init_from"]))
+    if cfg.recam_lambda <= 0:
+        # BCE never touches FC2; DDP (find_unused_parameters off) needs every trainable param used
+        model.fc2.requires_grad_(False)
     optimizer = build_optimizer(model, cfg)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -132,7 +176,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     rows = config["rows"]
-    steps_per_epoch = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // cfg.batch_size)
+    per_worker = max(1, cfg.batch_size // world)          # batch_size is the global batch, as the authors'
+    probe = probe_features(core_of(model), rows, cfg, model_cfg, rank, world, device) if probe_mode(cfg, model_cfg) else None
+    steps_per_epoch = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // per_worker)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     bad: set = set()
     for epoch in range(start_epoch, cfg.epochs):
@@ -144,13 +190,16 @@ def train_loop_per_worker(config: dict) -> None:
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["initial_lr"], global_step, total_steps, cfg.poly_power)
-            images, labels = load_batch(rows, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], rng,
-                                        cfg, model_cfg, bad)
-            if not images:          # keep DDP in step: a zero-loss step still all-reduces
-                images, labels = [np.zeros((3, cfg.crop_size, cfg.crop_size), np.float32)], [[]]
-            x = torch.from_numpy(np.stack(images)).to(device)
+            idx = order[step * per_worker:(step + 1) * per_worker]
+            if probe is not None:
+                x, labels = probe_batch(probe, rows, idx, rng, cfg.hflip)
+            else:
+                images, labels = load_batch(rows, idx, rng, cfg, model_cfg, bad)
+                if not images:          # keep DDP in step: a zero-loss step still all-reduces
+                    images, labels = [np.zeros((3, cfg.crop_size, cfg.crop_size), np.float32)], [[]]
+                x = torch.from_numpy(np.stack(images))
             y = labels_to_targets(labels, config["num_classes"]).to(device)
-            loss, parts = classifier_loss(model, x, y, cfg, world)
+            loss, parts = classifier_loss(model, x.to(device), y, cfg, world, from_features=probe is not None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

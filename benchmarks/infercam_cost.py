@@ -1,0 +1,126 @@
+"""InferCam cost per image against CAM extraction of the same images, per variant.
+
+Calls the map functions directly (``build_map_fn("cam" | "infercam", ...)``), as the
+extraction actor does, on (1) demo images with the tiny backbone and (2) coco_tiny images
+at max side 448 with EfficientNet-Lite0 (when the trained checkpoint exists). Backbone
+inputs and input pixels are counted through ``model.features`` to show where time goes.
+
+Target: InferCam <= 3x CAM per image.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, show, write_results
+from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to_tensor
+from wsss_ray.cams.cam import strided_size
+from wsss_ray.cams.registry import build_map_fn
+
+VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
+            "infercam_iterate": {"split": False, "iterate": True}, "infercam_both": {"split": True, "iterate": True}}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo-images", type=int, default=64)
+    p.add_argument("--demo-batch", type=int, default=16)
+    p.add_argument("--coco-images", type=int, default=3)
+    p.add_argument("--max-side", type=int, default=448)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
+    p.add_argument("--skip-coco", action="store_true")
+    return p.parse_args()
+
+
+class CountingFeatures:
+    """Wraps ``model.features``: counts calls, backbone inputs and input pixels."""
+
+    def __init__(self, model):
+        self.inner, self.calls, self.inputs, self.pixels = model.features, 0, 0, 0
+        model.features = self                   # the map functions look it up at call time
+
+    def __call__(self, x):
+        self.calls += 1
+        self.inputs += x.shape[0]
+        self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+        return self.inner(x)
+
+    def reset(self):
+        self.calls = self.inputs = self.pixels = 0
+
+
+def map_fn(model, variant: str):
+    params = {"scales": SCALES, "flip": True}
+    if VARIANTS[variant] is None:
+        return build_map_fn("cam", model, params)
+    return build_map_fn("infercam", model, {**params, **VARIANTS[variant]})
+
+
+def time_variant(model, counter: CountingFeatures, variant: str, batches: list) -> dict:
+    """Seconds per image over all batches, after one warm-up call on the first batch."""
+    fn = map_fn(model, variant)
+    with torch.no_grad():
+        fn(*batches[0])
+        counter.reset()
+        start = time.perf_counter()
+        images = 0
+        for x, classes, out_size in batches:
+            fn(x, classes, out_size)
+            images += x.shape[0]
+        seconds = time.perf_counter() - start
+    return {"seconds_per_image": seconds / images, "images": images, "backbone_calls_per_image": counter.calls / images,
+            "backbone_inputs_per_image": counter.inputs / images, "input_pixels_per_image": counter.pixels / images}
+
+
+def run_case(name: str, model, batches: list) -> dict:
+    counter = CountingFeatures(model)
+    out = {v: time_variant(model, counter, v, batches) for v in VARIANTS}
+    cam = out["cam"]
+    print(f"{name}:", flush=True)
+    for variant, row in out.items():
+        row["cost_vs_cam"] = ratio(row["seconds_per_image"], cam["seconds_per_image"])
+        row["pixels_vs_cam"] = ratio(row["input_pixels_per_image"], cam["input_pixels_per_image"])
+        show(f"{variant}: s/image, x CAM (target <= 3), x CAM pixels",
+             f"{row['seconds_per_image']:.4f} s, {row['cost_vs_cam']:.2f}x, {row['pixels_vs_cam']:.2f}x")
+    return out
+
+
+def demo_batches(args, cfg) -> list:
+    images, _, labels = demo_images(args.demo_images)
+    out_size = strided_size(images[0].shape[0], images[0].shape[1], 4)
+    return [(to_tensor(images[i:i + args.demo_batch], cfg), labels[i:i + args.demo_batch], out_size)
+            for i in range(0, len(images), args.demo_batch)]
+
+
+def coco_batches(args, cfg) -> list:
+    from wsss_ray.data.images import load_rgb
+    rows, _ = coco_rows(os.path.join(args.work_dir, "coco_run"), COCO_TINY, "train", args.coco_images)
+    batches = []
+    for row in rows:
+        image = load_rgb(row["uri"], max_side=args.max_side)
+        batches.append((to_tensor([image], cfg), [row["labels"]], strided_size(*image.shape[:2], 4)))
+    return batches
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    trained = checkpoint_ready(DEMO_CKPT)
+    model, cfg = tiny_model(DEMO_CKPT if trained else "")
+    out = {"args": vars(args), "demo": run_case("demo (tiny @112)", model, demo_batches(args, cfg))}
+    out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
+    if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
+        model, cfg = effnet_model(COCO_CKPT)
+        out["coco_tiny"] = run_case(f"coco_tiny (efficientnet_lite0 @{args.max_side})", model, coco_batches(args, cfg))
+        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
+    elif not args.skip_coco:
+        out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
+    write_results("infercam_cost", out)
+
+
+if __name__ == "__main__":
+    main()

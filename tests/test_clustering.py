@@ -1,0 +1,88 @@
+"""Spherical k-means used for LPCAM prototypes (faiss, CPU here)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsss_ray.clustering import spherical_kmeans
+
+
+def _points(seed=0, n=400, d=8):
+    rng = np.random.default_rng(seed)
+    # positive-ish raw features of varied norms, like post-ReLU backbone features
+    return (np.abs(rng.normal(size=(n, d))) * rng.uniform(0.5, 5.0, size=(n, 1))).astype(np.float32)
+
+
+def _blobs(seed=0, per_blob=60, d=16, k=4):
+    """k tight clusters on the unit sphere around orthogonal directions, then random norms:
+    spherical k-means must ignore the norms and find the directions."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(d)[:k]
+    labels = np.repeat(np.arange(k), per_blob)
+    x = centres[labels] + 0.05 * rng.normal(size=(len(labels), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x *= rng.uniform(0.2, 10.0, size=(len(labels), 1))
+    order = rng.permutation(len(labels))
+    return x[order].astype(np.float32), labels[order]
+
+
+def test_same_seed_is_bitwise_reproducible():
+    x = _points()
+    a = spherical_kmeans(x, 6, iters=20, seed=3, use_gpu=False)
+    b = spherical_kmeans(x, 6, iters=20, seed=3, use_gpu=False)
+    assert a.prototypes.tobytes() == b.prototypes.tobytes()
+    np.testing.assert_array_equal(a.assign, b.assign)
+    np.testing.assert_array_equal(a.sizes, b.sizes)
+
+
+def test_different_seeds_can_differ():
+    # unstructured data: the local optimum depends on the initial centres
+    x = _points()
+    results = {spherical_kmeans(x, 6, iters=20, seed=s, use_gpu=False).prototypes.tobytes() for s in range(4)}
+    assert len(results) > 1
+
+
+def test_prototypes_are_raw_means_of_assigned_points():
+    x = _points(1)
+    c = spherical_kmeans(x, 5, iters=20, seed=0, use_gpu=False)
+    assert c.prototypes.shape[1] == x.shape[1] and len(c.prototypes) == len(c.sizes) <= 5
+    assert c.assign.shape == (len(x),)
+    np.testing.assert_array_equal(c.sizes, np.bincount(c.assign, minlength=len(c.prototypes)))
+    assert (c.sizes > 0).all() and c.sizes.sum() == len(x)
+    for j in range(len(c.prototypes)):
+        np.testing.assert_allclose(c.prototypes[j], x[c.assign == j].astype(np.float64).mean(0), rtol=1e-5)
+    # raw means, not unit centroids: these features have norms well above 1
+    assert (np.linalg.norm(c.prototypes, axis=1) > 1.5).all()
+
+
+def test_assignment_is_nearest_prototype_in_cosine():
+    x, _ = _blobs(2)
+    c = spherical_kmeans(x, 4, iters=20, seed=0, use_gpu=False)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    protos = c.prototypes / np.linalg.norm(c.prototypes, axis=1, keepdims=True)
+    np.testing.assert_array_equal(c.assign, np.argmax(unit @ protos.T, 1))
+
+
+def test_well_separated_blobs_recovered():
+    x, labels = _blobs(0)
+    c = spherical_kmeans(x, 4, iters=20, seed=0, use_gpu=False)
+    assert len(c.prototypes) == 4
+    # each blob lands in exactly one cluster and each cluster holds exactly one blob
+    for blob in range(4):
+        assert len(np.unique(c.assign[labels == blob])) == 1
+    assert len({int(c.assign[labels == blob][0]) for blob in range(4)}) == 4
+
+
+def test_fewer_points_than_clusters():
+    x = _points(3, n=3)
+    c = spherical_kmeans(x, 12, iters=10, seed=0, use_gpu=False)
+    assert len(c.prototypes) <= 3 and c.sizes.sum() == 3
+    # three distinct directions, three clusters: each prototype is one point
+    assert len(c.prototypes) == 3
+    np.testing.assert_allclose(c.prototypes[c.assign], x, rtol=1e-6)
+
+
+def test_empty_input():
+    c = spherical_kmeans(np.zeros((0, 5), np.float32), 4, use_gpu=False)
+    assert c.prototypes.shape == (0, 5)
+    assert len(c.sizes) == 0 and len(c.assign) == 0

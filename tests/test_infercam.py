@@ -1,0 +1,249 @@
+"""InferCam: centres, splits, erase/flip consistency, stop rule, variants, output shapes, and the
+activation-aware saliency loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss_ray.cams.cam import multiscale_cam, select_and_normalise
+from wsss_ray.cams.infercam import (Copy, InferCamConfig, centre_of_mass, class_boxes, grid_to_image,
+                                    infercam_maps, iterate_copies, split_boxes)
+from wsss_ray.cams.losses import activation_aware_saliency_loss
+
+
+def random_backbone(seed: int = 0, dim: int = 8, stride: int = 4):
+    """A fixed random conv (not flip-symmetric) + avg-pool stride: a tiny deterministic features_fn."""
+    g = torch.Generator().manual_seed(seed)
+    kernel = torch.randn(dim, 3, 3, 3, generator=g)
+
+    def features(x):
+        return torch.relu(F.avg_pool2d(F.conv2d(x, kernel, padding=1), stride, ceil_mode=True))
+    weight = torch.rand(4, dim, generator=g) + 0.1  # positive, so every class has some activation
+    return features, weight
+
+
+def channel0(x):
+    """Features = the image's channel 0 at full resolution; with weight [[1]] CAM = relu(x[:, 0])."""
+    return x[:, :1]
+
+
+def covered(boxes, height, width):
+    mask = torch.zeros(height, width, dtype=torch.int)
+    for y0, y1, x0, x1 in boxes:
+        assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
+        mask[y0:y1, x0:x1] += 1
+    return mask
+
+
+# ------------------------------------------------------------------ centres
+
+
+def test_centre_of_mass_hand_made():
+    cam = torch.zeros(6, 8)
+    cam[2, 5] = 1.0
+    assert centre_of_mass(cam) == pytest.approx((2.0, 5.0))
+    cam[4, 1] = 3.0   # weights 1 and 3 -> 3/4 of the way to (4, 1)
+    assert centre_of_mass(cam) == pytest.approx((3.5, 2.0))
+    assert centre_of_mass(torch.zeros(5, 7)) == pytest.approx((2.0, 3.0))   # empty map: its centre
+    assert centre_of_mass(-torch.ones(4, 4)) == pytest.approx((1.5, 1.5))   # negatives ignored
+
+
+def test_grid_to_image_pixel_centres():
+    assert grid_to_image((0.0, 0.0), (25, 25), (100, 100)) == (2, 2)      # cell 0 covers px 0..3
+    assert grid_to_image((24.0, 12.0), (25, 25), (100, 100)) == (98, 50)
+    assert grid_to_image((-3.0, 40.0), (25, 25), (100, 100)) == (0, 99)   # clamped
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_split_one_class():
+    boxes = split_boxes([(50, 40)], 100, 80, 10)
+    assert boxes == [(0, 61, 0, 51), (0, 61, 30, 80), (40, 100, 0, 51), (40, 100, 30, 80)]
+    cover = covered(boxes, 100, 80)
+    assert (cover >= 1).all()
+    assert (cover[40:61, 30:51] == 4).all()          # buffer square around the centre in all four
+    assert (cover[:40, :30] == 1).all() and (cover[61:, 51:] == 1).all()
+
+
+def test_split_two_classes_keeps_rectangle_in_all_patches():
+    boxes = split_boxes([(30, 20), (60, 50)], 100, 90, 5)
+    cover = covered(boxes, 100, 90)
+    assert (cover >= 1).all()
+    assert (cover[25:66, 15:56] == 4).all()          # rectangle + buffer in every patch
+    for y0, y1, x0, x1 in boxes:
+        assert y0 <= 25 and y1 >= 66 and x0 <= 15 and x1 >= 56
+    cfg = InferCamConfig()
+    per_class = class_boxes(2, [(30, 20), (60, 50)], 100, 90, cfg)
+    assert per_class[0] == per_class[1] == split_boxes([(30, 20), (60, 50)], 100, 90, cfg.buffer_two)
+
+
+def test_split_at_border_clamps_and_covers():
+    boxes = split_boxes([(0, 79)], 100, 80, 10)
+    assert boxes == [(0, 11, 0, 80), (0, 11, 69, 80), (0, 100, 0, 80), (0, 100, 69, 80)]
+    assert (covered(boxes, 100, 80) >= 1).all()
+    far = split_boxes([(-5, 500)], 100, 80, 10)      # out-of-image centres clamp, never wrap
+    assert (covered(far, 100, 80) >= 1).all()
+
+
+def test_split_three_plus_classes():
+    centres = [(10, 10), (50, 60), (90, 20)]
+    per_class = class_boxes(3, centres, 100, 80, InferCamConfig(three_plus="per_class"))
+    for boxes, centre in zip(per_class, centres):
+        assert boxes == split_boxes([centre], 100, 80, 10)
+        assert (covered(boxes, 100, 80) >= 1).all()
+    assert class_boxes(3, centres, 100, 80, InferCamConfig(three_plus="none")) == [[(0, 100, 0, 80)]] * 3
+    assert class_boxes(1, None, 100, 80, InferCamConfig(split=False)) == [[(0, 100, 0, 80)]]
+    with pytest.raises(ValueError):
+        InferCamConfig(three_plus="some")
+
+
+# ------------------------------------------------------------------ erasing, flips, stopping
+
+
+def test_erase_mask_is_mirrored_for_flipped_input():
+    h = w = 16
+    image = torch.rand(1, 3, h, w) * 0.1
+    image[0, 0, 4:8, 1:5] = 5.0                       # asymmetric hot blob on the left
+    seen = []
+
+    def spy(x):
+        seen.append(x.clone())
+        return channel0(x)
+    cfg = InferCamConfig(split=False, iterate=True, max_rounds=2, stop_fraction=0.0)
+    iterate_copies(spy, torch.ones(1, 1), image, image.mean((2, 3)), [Copy(0, 0, 0, (0, h, 0, w))],
+                   (1.0,), True, cfg)
+    assert len(seen) == 2
+    erased_in = seen[1]                               # round 1: [erased image, its flip]
+    fill = image.mean((2, 3))[0]
+    plain_hidden = (erased_in[0] == fill[:, None, None]).all(0)
+    flip_hidden = (erased_in[1] == fill[:, None, None]).all(0)
+    assert plain_hidden[4:8, 1:5].all() and plain_hidden.sum() == 16
+    assert torch.equal(flip_hidden, plain_hidden.flip(-1))     # mirrored pixels hidden...
+    assert flip_hidden[4:8, w - 5:w - 1].all() and not flip_hidden[4:8, 1:5].any()  # ...not the same ones
+
+
+def test_iterative_maps_are_flip_equivariant():
+    # A non-symmetric backbone: with a consistent erase mask, flipping the image flips the result.
+    features, weight = random_backbone(1)
+    image = torch.randn(1, 3, 40, 48)
+    cfg = InferCamConfig(split=False, iterate=True, stop_fraction=0.0, max_rounds=3)
+    a = infercam_maps(features, weight, image, [[0, 2]], (10, 12), (1.0, 0.5), True, cfg)[0]
+    b = infercam_maps(features, weight, image.flip(-1), [[0, 2]], (10, 12), (1.0, 0.5), True, cfg)[0]
+    assert torch.allclose(a, b.flip(-1), atol=1e-4)
+
+
+def stepped_image():
+    """Channel 0: 10% at 1.0, 10% at 0.5, 0.5% (2 px) at 0.25, the rest -1 (mean < 0, so hidden = 0)."""
+    image = torch.zeros(1, 3, 20, 20)
+    image[0, 0] = -1.0
+    image[0, 0, 0:2, :] = 1.0
+    image[0, 0, 10:12, :] = 0.5
+    image[0, 0, 19, 0:2] = 0.25
+    return image
+
+
+@pytest.mark.parametrize("max_rounds, stop_fraction, expected", [
+    (5, 0.02, 3),     # round 3 hides only 0.5% < 2%: stop
+    (2, 0.02, 2),     # cap on inferences
+    (5, 0.001, 4),    # round 4 finds nothing new: stop
+    (1, 0.02, 1),
+])
+def test_stop_rule(max_rounds, stop_fraction, expected):
+    image = stepped_image()
+    cfg = InferCamConfig(split=False, max_rounds=max_rounds, stop_fraction=stop_fraction)
+    acc, rounds = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)),
+                                 [Copy(0, 0, 0, (0, 20, 0, 20))], (1.0,), False, cfg)
+    assert rounds.tolist() == [expected]
+    found = acc[0] > 0.99
+    assert found[0:2].all()                                     # round 1 peak
+    assert found[10:12].all() == (expected >= 2)               # revealed after hiding the first
+    assert found[19, 0:2].all() == (expected >= 3)
+
+
+def test_iterate_false_runs_one_round_per_patch():
+    image = stepped_image()
+    cfg = InferCamConfig(iterate=False, stop_fraction=0.0)
+    copies = [Copy(0, 0, 0, (0, 12, 0, 20)), Copy(0, 0, 0, (8, 20, 0, 20))]
+    _, rounds = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)), copies, (1.0,), False, cfg)
+    assert rounds.tolist() == [1, 1]
+
+
+# ------------------------------------------------------------------ variants and outputs
+
+
+def test_no_split_no_iterate_is_plain_cam():
+    features, weight = random_backbone(2)
+    images = torch.randn(2, 3, 32, 36)
+    classes = [[1], [0, 2, 3]]
+    cfg = InferCamConfig(split=False, iterate=False)
+    got = infercam_maps(features, weight, images, classes, (8, 9), (1.0, 0.5, 1.5), True, cfg)
+    want = select_and_normalise(multiscale_cam(features, weight, images, (8, 9), (1.0, 0.5, 1.5), True), classes)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("split, iterate, three_plus", [
+    (True, True, "per_class"), (True, True, "none"), (True, False, "per_class"), (False, True, "per_class")])
+def test_output_shapes_normalised_and_batched(split, iterate, three_plus):
+    features, weight = random_backbone(3)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return features(x)
+    images = torch.randn(2, 3, 32, 40)
+    classes = [[1], [0, 2, 3]]
+    cfg = InferCamConfig(split=split, iterate=iterate, three_plus=three_plus, max_batch=64)
+    scales = (1.0, 0.5)
+    maps = infercam_maps(counted, weight, images, classes, (8, 10), scales, True, cfg)
+    assert [tuple(m.shape) for m in maps] == [(1, 8, 10), (3, 8, 10)]
+    for m in maps:
+        peaks = m.flatten(1).amax(1)
+        assert ((peaks > 0.99) & (peaks <= 1.0)).all() and (m >= 0).all()
+    # One batched call per scale for the baseline and per round, never one per patch.
+    assert len(calls) <= len(scales) * (int(split) + (cfg.max_rounds if iterate else 1))
+
+
+def test_empty_class_list():
+    features, weight = random_backbone(4)
+    maps = infercam_maps(features, weight, torch.randn(2, 3, 16, 16), [[], [2]], (4, 4), (1.0,), True,
+                         InferCamConfig())
+    assert maps[0].shape == (0, 4, 4) and maps[1].shape == (1, 4, 4)
+
+
+# ------------------------------------------------------------------ loss
+
+
+def test_activation_aware_loss_by_hand():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, 0.0]],          # background channel
+                            [[0.0, 1.0], [1.5, -2.0]]]], requires_grad=True)
+    labels = torch.tensor([[[0, 1], [255, 0]]])
+    saliency = torch.tensor([[[0.2, 0.9], [0.1, 0.7]]])
+    total, parts = activation_aware_saliency_loss(logits, labels, saliency, alpha=0.08)
+
+    def p_bg(a, b):     # softmax channel 0 of logits (a, b)
+        return math.exp(a) / (math.exp(a) + math.exp(b))
+    seg = -(math.log(p_bg(2.0, 0.0)) + math.log(1 - p_bg(-1.0, 1.0)) + math.log(p_bg(0.0, -2.0))) / 3
+    pairs = [((2.0, 0.0), 0.2), ((-1.0, 1.0), 0.9), ((0.5, 1.5), 0.1), ((0.0, -2.0), 0.7)]
+    sal = sum(-((1 - s) * math.log(p_bg(*ab)) + s * math.log(1 - p_bg(*ab))) for ab, s in pairs) / 4
+    # valid pixels (0,0), (0,1), (1,1): label bg {(0,0), (1,1)}, saliency bg {(0,0)} -> IoU 1/2
+    t = 0.5
+    expected = seg + 0.08 * (math.exp(t) - 1) * sal
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["seg"].item() == pytest.approx(seg, rel=1e-5)
+    assert parts["sal"].item() == pytest.approx(sal, rel=1e-5)
+    assert parts["t"].item() == pytest.approx(t)
+    total.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_loss_all_ignored_and_saliency_channel_dim():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    labels = torch.full((1, 2, 2), 255)
+    total, parts = activation_aware_saliency_loss(logits, labels, torch.rand(1, 1, 2, 2))
+    assert total.item() == 0.0 and parts["t"].item() == 0.0    # no labels: no seg term, saliency off
+    total.backward()

@@ -1,0 +1,134 @@
+"""End-to-end checks on the --quick demo flow (run once per session by the quick_run fixture)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from wsss_ray.config import DatasetConfig
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def shard_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("part-*.parquet"))}
+
+
+def test_eval_json_has_the_contract(quick_run):
+    run_dir, cfg, _ = quick_run
+    for method in ("cam", "lpcam", "lpcam_f", "recam", "recam_w", "recam_wp", "recam_wsum", "recam_wprod",
+                   "infercam", "infercam_split", "infercam_iter"):
+        res = json.loads(Path(run_dir, "eval", f"{method}.json").read_text())
+        assert res["dataset"] == "demo" and res["num_images"] == 96, method
+        assert len(res["thresholds"]) == len(res["miou"]) == len(cfg.eval.thresholds)
+        best = res["best"]
+        for key in ("threshold", "miou", "precision", "recall", "fp", "fn", "per_class_iou"):
+            assert key in best, (method, key)
+        assert best["miou"] == pytest.approx(max(res["miou"]))
+        assert 0.0 < best["miou"] <= 1.0
+        assert len(best["per_class_iou"]) == 6          # background + 5 demo classes
+    assert Path(run_dir, "eval", "cam.png").stat().st_size > 1000
+    assert "| lpcam |" in Path(run_dir, "eval", "summary.md").read_text()
+
+
+def test_map_shards_read_with_plain_pyarrow(quick_run):
+    run_dir, _, _ = quick_run
+    manifest, _ = read_manifest(str(Path(run_dir, "manifest")))
+    table = pq.read_table(str(Path(run_dir, "maps", "cam")))
+    ids = table.column("image_id").to_pylist()
+    assert sorted(ids) == sorted(manifest.column("image_id").to_pylist())      # every image exactly once
+    row = table.slice(0, 1).to_pylist()[0]
+    maps = np.frombuffer(row["data"], np.uint8).reshape(row["map_shape"]) / 255.0
+    assert maps.shape == (len(row["classes"]), 28, 28)                       # 112 px at stride 4
+    assert np.allclose(maps.reshape(len(row["classes"]), -1).max(1), 1.0, atol=1 / 255)
+
+
+def test_rerun_computes_nothing(quick_run):
+    from wsss_ray.stages.extract import extract_maps
+    run_dir, cfg, _ = quick_run
+    before = shard_bytes(Path(run_dir, "maps", "cam"))
+    out = extract_maps(RunDir(run_dir), "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam)
+    assert out["chunks_run"] == 0
+    assert shard_bytes(Path(run_dir, "maps", "cam")) == before
+
+
+def test_interrupted_extraction_resumes_byte_identical(quick_run):
+    """Simulate a crash: one shard missing, a half-written temporary left behind."""
+    from wsss_ray.stages.extract import extract_maps
+    run_dir, cfg, _ = quick_run
+    maps_dir = Path(run_dir, "maps", "cam")
+    work = Path(run_dir, "maps", "cam_resume")
+    shutil.copytree(maps_dir, work)
+    uninterrupted = shard_bytes(maps_dir)
+    victim = sorted(work.glob("part-*.parquet"))[1]
+    victim.unlink()
+    (work / "_tmp.999.part-00001.parquet").write_bytes(b"PAR1 half a shard")
+    out = extract_maps(RunDir(run_dir), "cam_resume", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam)
+    assert out["chunks_run"] == 1 and out["images"] == 32
+    assert shard_bytes(work) == uninterrupted
+    table = pq.read_table(str(work))                  # readers ignore the stale temporary
+    assert table.num_rows == len(set(table.column("image_id").to_pylist())) == 96
+
+
+def test_lpcam_features_sampled_once_per_image_and_class(quick_run):
+    run_dir, _, _ = quick_run
+    manifest, _ = read_manifest(str(Path(run_dir, "manifest")))
+    index = pq.read_table(str(Path(run_dir, "features", "index"))).to_pylist()
+    pairs = [(r["image_id"], r["class_id"]) for r in index]
+    assert len(pairs) == len(set(pairs))
+    expected = {(i, c) for i, labels in zip(manifest.column("image_id").to_pylist(),
+                                            manifest.column("labels").to_pylist()) for c in labels}
+    assert set(pairs) == expected                       # the demo preset samples every image
+    protos = json.loads(Path(run_dir, "prototypes", "lpcam.json").read_text())
+    assert protos["classes_without_prototypes"] == []
+
+
+def test_bad_images_become_error_rows_and_the_rest_completes(quick_run, tmp_path):
+    from wsss_ray.stages.extract import extract_maps
+    from wsss_ray.stages.manifest import build_manifest
+    run_dir, cfg, _ = quick_run
+    src = Path(run_dir, "demo_world", "images")
+    images = tmp_path / "images"
+    images.mkdir()
+    good = sorted(src.glob("*.png"))[:5]
+    for p in good:
+        shutil.copy(p, images / p.name)
+    Image.open(good[0]).convert("L").save(images / "gray.png")
+    Image.open(good[1]).convert("CMYK").save(images / "cmyk.jpg")
+    Image.open(good[2]).convert("RGB").save(images / "whole.jpg", quality=95)
+    data = (images / "whole.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    lines = ["file,labels"] + [f"{p.name},cat" for p in good] + [
+        "gray.png,dog", "cmyk.jpg,boat", "truncated.jpg,cat", "corrupt.jpg,cat", "missing.png,cat",
+        "whole.jpg,", "whole.jpg,unicorn"]
+    (tmp_path / "tags.csv").write_text("\n".join(lines) + "\n")
+    bad_run = RunDir(str(tmp_path / "run"))
+    info = build_manifest(bad_run, DatasetConfig(kind="folder", root=str(images), tags_file=str(tmp_path / "tags.csv")))
+    manifest_errors = pq.read_table(str(tmp_path / "run" / "errors" / "manifest")).to_pylist()
+    named = " ".join(e["item"] + " " + e["reason"] for e in manifest_errors)
+    assert "corrupt.jpg" in named and "missing.png" in named and "unicorn" in named
+    # the folder's class list must match the checkpoint's: rebuild with the demo names
+    from wsss_ray.data.folder import build_folder_manifest
+    from wsss_ray.data.manifest import write_manifest
+    rows, classes, _ = build_folder_manifest(str(images), str(tmp_path / "tags.csv"),
+                                             class_names=["cat", "dog", "boat", "train", "bird"])
+    write_manifest(rows, classes, bad_run.manifest())
+    out = extract_maps(bad_run, "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam)
+    errors = pq.read_table(str(tmp_path / "run" / "errors" / "maps_cam")).to_pylist()
+    assert any("truncated.jpg" in e["item"] for e in errors)
+    done = pq.read_table(str(tmp_path / "run" / "maps" / "cam")).column("image_id").to_pylist()
+    assert len(done) == len(rows) - 1 == out["images"]          # everything but the truncated JPEG
+    assert info["images"] >= 7
+    with pytest.raises(Exception, match="truncated"):
+        shutil.rmtree(tmp_path / "run" / "maps")
+        extract_maps(bad_run, "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam, strict=True)
