@@ -8,6 +8,8 @@ every threshold's confusion matrix after a cumulative sum.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 IGNORE = 255
 
@@ -74,3 +76,19 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
         "recall": float(np.nanmean(recall)),
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
     }
+
+
+def full_resolution(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Stored (c,h,w) maps -> (c,H,W) by bilinear upsampling (no-op at stride 1)."""
+    if maps.shape[1:] == (height, width) or maps.shape[0] == 0:
+        return maps if maps.shape[0] else np.zeros((0, height, width), np.float32)
+    t = torch.from_numpy(maps)[None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def gt_at(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """GT mask at the evaluation size (nearest, so labels stay labels)."""
+    if mask.shape == (height, width):
+        return mask
+    from PIL import Image
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))

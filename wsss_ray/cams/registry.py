@@ -39,7 +39,19 @@ def infercam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", 
     return fn
 
 
-MAP_METHODS = {"cam": cam_map_fn, "lpcam": lpcam_map_fn, "infercam": infercam_map_fn}
+def advcam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", **params) -> MapFn:
+    from wsss_ray.cams.advcam import AdvCamConfig, advcam_maps
+    cfg = AdvCamConfig(**{k: v for k, v in params.items() if k in AdvCamConfig.__dataclass_fields__})
+    weight = model.cam_weight(variant).detach()
+    model.eval()   # copies climb independently only with eval-mode BatchNorm
+
+    def fn(images, classes, out_size):
+        return advcam_maps(model.features, weight, images, classes, out_size, scales, flip, cfg)
+    return fn
+
+
+MAP_METHODS = {"cam": cam_map_fn, "lpcam": lpcam_map_fn, "infercam": infercam_map_fn,
+               "advcam": advcam_map_fn}
 
 
 def build_map_fn(kind: str, model, params: dict) -> MapFn:

@@ -5,31 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import ray
-import torch
-import torch.nn.functional as F
 
 from wsss_ray.config import EvalConfig
 from wsss_ray.data.images import load_mask
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.metrics import scores_from_confusion, threshold_confusions
+from wsss_ray.metrics import full_resolution, gt_at, scores_from_confusion, threshold_confusions
 from wsss_ray.rundir import RunDir
 from wsss_ray.store import decode_maps, list_shards, open_fs
-
-
-def full_resolution(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Stored (c,h,w) maps -> (c,H,W) by bilinear upsampling (no-op at stride 1)."""
-    if maps.shape[1:] == (height, width) or maps.shape[0] == 0:
-        return maps if maps.shape[0] else np.zeros((0, height, width), np.float32)
-    t = torch.from_numpy(maps)[None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0].numpy()
-
-
-def gt_at(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """GT mask at the evaluation size (nearest, so labels stay labels)."""
-    if mask.shape == (height, width):
-        return mask
-    from PIL import Image
-    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
 
 
 def image_confusions(row: dict, mask_uri: str, num_classes: int, thresholds) -> np.ndarray:
