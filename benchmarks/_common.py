@@ -117,3 +117,75 @@ def shard_steady_rate(directory: str) -> dict:
     span = shards[-1][0] - shards[0][0]
     return {"shards": len(shards), "span_s": span, "images_after_first": sum(counts[1:]),
             "images_per_s": sum(counts[1:]) / span if span > 0 else float("nan")}
+
+
+def busy_fraction(seconds: float = 5.0) -> float:
+    """Fraction of all cores busy over ``seconds`` (0 = idle machine)."""
+    import psutil
+    return psutil.cpu_percent(interval=seconds) / 100.0
+
+
+def wait_for_quiet(max_wait_s: float = 600.0, threshold: float = 0.15) -> dict:
+    """Other jobs share this machine: wait (up to ``max_wait_s``) until the cores are idle
+    for a 5 s window, so timings are not taken under someone else's load. Returns what
+    was seen, for the result file."""
+    start = time.perf_counter()
+    busy = busy_fraction()
+    while busy > threshold and time.perf_counter() - start < max_wait_s:
+        print(f"machine busy ({busy:.0%} of cores); waiting ...", flush=True)
+        time.sleep(25)
+        busy = busy_fraction()
+    return {"busy_fraction_at_start": busy, "waited_s": time.perf_counter() - start,
+            "started_quiet": busy <= threshold}
+
+
+class OtherLoad:
+    """CPU seconds spent by processes outside this benchmark while it runs (approximate:
+    children that exit before the end are counted as 'other')."""
+
+    def __enter__(self):
+        import psutil
+        self.start_wall, self.start_busy = time.perf_counter(), self._system_busy()
+        self.start_mine = self._mine()
+        self.cores = psutil.cpu_count() or 1
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.start_wall
+        other = (self._system_busy() - self.start_busy) - (self._mine() - self.start_mine)
+        self.report = {"wall_s": wall, "other_cpu_s": max(other, 0.0),
+                       "other_busy_fraction": max(other, 0.0) / (wall * self.cores) if wall > 0 else 0.0}
+
+    @staticmethod
+    def _system_busy() -> float:
+        import psutil
+        t = psutil.cpu_times()
+        return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    @staticmethod
+    def _mine() -> float:
+        import psutil
+        me = psutil.Process()
+        total = sum(me.cpu_times()[:4])          # self + waited-for children
+        for child in me.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+
+
+def add_load_args(parser) -> None:
+    parser.add_argument("--max-wait", type=float, default=600.0,
+                        help="wait up to this many seconds for other jobs to leave the cores idle")
+
+
+def measured(name: str, args, body: Callable[[], dict]) -> dict:
+    """Wait for a quiet machine, run ``body`` while recording other jobs' CPU use, write results."""
+    quiet = wait_for_quiet(args.max_wait)
+    with OtherLoad() as load:
+        data = body()
+    data["load"] = {**quiet, **load.report}
+    show("other jobs' share of the cores during the run", load.report["other_busy_fraction"])
+    write_results(name, {"args": vars(args), **data})
+    return data

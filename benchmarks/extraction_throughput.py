@@ -15,7 +15,7 @@ import shutil
 
 import torch
 
-from _common import ratio, shard_steady_rate, show, start_ray, timed, write_results
+from _common import add_load_args, measured, ratio, shard_steady_rate, show, start_ray, timed
 from _models import SCALES, demo_images, effnet_model, random_batch, scale_inputs, tiny_model, to_tensor
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
@@ -34,6 +34,7 @@ def parse_args():
     p.add_argument("--work-dir", default="/tmp/wsss_bench/extraction")
     p.add_argument("--skip-effnet", action="store_true")
     p.add_argument("--skip-stage", action="store_true")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -162,10 +163,9 @@ def summarise(out: dict) -> dict:
     return summary
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict:
     threads = [int(t) for t in args.threads.split(",")]
-    out = {"args": vars(args), "tiny": tiny_case(args, threads)}
+    out = {"tiny": tiny_case(args, threads)}
     if not args.skip_effnet:
         out["effnet"] = effnet_case(args, threads)
     if not args.skip_stage:
@@ -174,7 +174,12 @@ def main() -> None:
     print("summary:", flush=True)
     for key, value in out["summary"].items():
         show(key, value)
-    write_results("extraction_throughput", out)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    measured("extraction_throughput", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

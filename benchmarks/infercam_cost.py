@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, show, write_results
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, show
 from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to_tensor
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
@@ -33,6 +33,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
     p.add_argument("--skip-coco", action="store_true")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -106,12 +107,11 @@ def coco_batches(args, cfg) -> list:
     return batches
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
     trained = checkpoint_ready(DEMO_CKPT)
     model, cfg = tiny_model(DEMO_CKPT if trained else "")
-    out = {"args": vars(args), "demo": run_case("demo (tiny @112)", model, demo_batches(args, cfg))}
+    out = {"demo": run_case("demo (tiny @112)", model, demo_batches(args, cfg))}
     out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
     if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
         model, cfg = effnet_model(COCO_CKPT)
@@ -119,7 +119,12 @@ def main() -> None:
         out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
-    write_results("infercam_cost", out)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    measured("infercam_cost", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

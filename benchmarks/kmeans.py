@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from _common import COCO_TINY, ratio, show, stopwatch, write_results
+from _common import COCO_TINY, add_load_args, measured, ratio, show, stopwatch
 from wsss_ray.clustering import spherical_kmeans
 
 
@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--synthetic", action="store_true", help="gaussian mixture instead of real features")
     p.add_argument("--cache", default="/tmp/wsss_bench/kmeans_features_{max_side}.npy",
                    help="real features are kept here between runs ('' = no cache)")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -168,9 +169,8 @@ def main() -> None:
     source = (f"EfficientNet-Lite0 ImageNet features of coco_tiny at max side {args.max_side}" if real
               else "gaussian mixture (40 centres)")
     print(f"features: {points.shape} from {source} ({feature_seconds:.1f}s to compute or load)", flush=True)
-    out = {"args": vars(args), "features": {"shape": list(points.shape), "source": source},
-           "by_k": {k: compare(points, int(k), args) for k in args.ks.split(",")}}
-    write_results("kmeans", out)
+    measured("kmeans", args, lambda: {"features": {"shape": list(points.shape), "source": source},
+                                      "by_k": {k: compare(points, int(k), args) for k in args.ks.split(",")}})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 import psutil
 
-from _common import ratio, show, start_ray, stopwatch, write_results
+from _common import add_load_args, measured, ratio, show, start_ray, stopwatch
 from wsss_ray.config import DatasetConfig
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.pipeline import demo_config
@@ -30,6 +30,7 @@ def parse_args():
     p.add_argument("--images", type=int, default=480, help="the larger run; the smaller has half")
     p.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, seconds")
     p.add_argument("--work-dir", default="/tmp/wsss_bench/prototypes")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -134,8 +135,7 @@ def half_run(args, full: RunDir) -> RunDir:
     return run
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict:
     cfg = demo_config(os.path.join(args.work_dir, "unused"))
     full = prepare_run(os.path.join(args.work_dir, f"run{args.images}"), args.images)
     start_ray(num_cpus=4)
@@ -160,7 +160,12 @@ def main() -> None:
     print("summary:", flush=True)
     for key, value in summary.items():
         show(key, value)
-    write_results("prototype_stage", {"args": vars(args), "train": train, "prototype_runs": runs, "summary": summary})
+    return {"train": train, "prototype_runs": runs, "summary": summary}
+
+
+def main() -> None:
+    args = parse_args()
+    measured("prototype_stage", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from _common import ratio, show, write_results
+from _common import add_load_args, measured, ratio, show
 from _models import demo_images
 from wsss_ray.cams.training import augment, labels_to_targets
 from wsss_ray.config import ModelConfig, TrainConfig
@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed passes per setting")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-effnet", action="store_true")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -137,14 +138,18 @@ def probe_step(model_cfg: ModelConfig, cfg: TrainConfig, batches, rounds: int) -
     return {"step_seconds_median": step, "note": "cached pooled features; the one-off caching pass is not included"}
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
-    out = {"args": vars(args), "tiny": tiny_case(args)}
+    out = {"tiny": tiny_case(args)}
     if not args.skip_effnet:
         out["effnet_frozen"] = effnet_case(args, frozen=True)
         out["effnet_trainable"] = effnet_case(args, frozen=False)
-    write_results("recam_epoch", out)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    measured("recam_epoch", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, show, write_results
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, show
 from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to_tensor
 from wsss_ray.cams.cam import multiscale_cam, select_and_normalise, strided_size
 from wsss_ray.config import EvalConfig
@@ -42,6 +42,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", default="/tmp/wsss_bench/storage")
     p.add_argument("--skip-coco", action="store_true")
+    add_load_args(p)
     return p.parse_args()
 
 
@@ -185,16 +186,20 @@ def coco_case(args) -> dict:
     return out
 
 
-def main() -> None:
-    args = parse_args()
+def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
     shutil.rmtree(args.work_dir, ignore_errors=True)
-    out = {"args": vars(args), "demo": demo_case(args)}
+    out = {"demo": demo_case(args)}
     if not args.skip_coco and os.path.isdir(COCO_TINY):
         out["coco_tiny"] = coco_case(args)
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": f"{COCO_TINY} not found"}
-    write_results("storage", out)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    measured("storage", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

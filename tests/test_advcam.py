@@ -13,6 +13,15 @@ from wsss_ray.cams.cam import multiscale_cam, select_and_normalise
 DT = torch.float64   # climbing amplifies rounding; double keeps comparisons tight
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: extra intra-op threads only thrash on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_backbone(seed: int = 0, dim: int = 6, stride: int = 2):
     """Fixed random conv (not flip-symmetric) + avg-pool: a tiny deterministic features_fn."""
     g = torch.Generator().manual_seed(seed)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -56,14 +58,20 @@ def test_ray_job_submit_quick_demo(tmp_path):
     env = cluster_env(tmp_path)
     gcs_port, dash_port = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # Ray's unix socket paths must stay under ~107 bytes: pytest's tmp_path is too long
+    ray_tmp = tempfile.mkdtemp(prefix="rayjs", dir="/tmp")
+    head_log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
          "--include-dashboard=true", f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1",
-         f"--temp-dir={tmp_path / 'ray_tmp'}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+         f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     run_dir = tmp_path / "run"
     try:
-        wait_for_dashboard(dash_port, head)
+        try:
+            wait_for_dashboard(dash_port, head)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {(tmp_path / 'head.log').read_text()[-3000:]}") from exc
         time.sleep(3)                                   # job agent comes up after the dashboard port
         submit = subprocess.run(
             [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", str(ROOT),
@@ -76,8 +84,19 @@ def test_ray_job_submit_quick_demo(tmp_path):
             assert result["num_images"] == 96 and 0 < result["best"]["miou"] <= 1
         assert "| lpcam |" in (run_dir / "eval" / "summary.md").read_text()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)             # --block: SIGTERM stops this cluster only
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_head(head)
+        head_log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """--block: SIGTERM to its process group stops this cluster only (no global `ray stop`)."""
+    if head.poll() is not None:
+        return
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

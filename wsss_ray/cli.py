@@ -17,6 +17,8 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--class-subset", default="", choices=["", "voc20"], help="score COCO on the 20 VOC classes")
     p.add_argument("--protocol", default="coco", choices=["coco", "reference"],
                    help="reference = ../shared/REFERENCE_RESULTS.md protocol")
+    p.add_argument("--input-norm", default="", choices=["", "native", "imagenet_raw"],
+                   help="EfficientNet input scaling (see ModelConfig.input_norm)")
     p.add_argument("--limit", type=int, default=0, help="keep the first N images")
     p.add_argument("--methods", default=default_methods, help=f"comma list of {','.join(ALL_METHODS)}")
     p.add_argument("--epochs", type=int, default=0, help="override classifier epochs")
@@ -46,7 +48,8 @@ def config_from_args(args) -> PipelineConfig:
     if args.gpu:
         train, recam = (dataclasses.replace(t, use_gpu=True) for t in (train, recam))
         cam = dataclasses.replace(cam, use_gpu=True)
-    return dataclasses.replace(cfg, train=train, recam_train=recam, cam=cam, strict=args.strict)
+    model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
+    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict)
 
 
 def main(argv=None) -> int:

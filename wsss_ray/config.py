@@ -40,6 +40,9 @@ class ModelConfig:
     backbone: str = "tiny"            # tiny | resnet50 | efficientnet_lite0
     weights: str = "none"             # none | imagenet | <path to a state_dict file>
     freeze_backbone: bool = False     # linear probe: train the head only
+    # EfficientNet-Lite0 was trained on (x - 0.5) / 0.5 inputs: "native" converts the
+    # ImageNet-normalised input to that; "imagenet_raw" feeds it as is (the reference's choice)
+    input_norm: str = "native"
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
 

@@ -38,6 +38,7 @@ def load_classifier(directory: str) -> tuple[Classifier, ModelConfig, dict]:
         meta = json.loads(f.read().decode())
     model_cfg = from_dict(ModelConfig, meta["model"])
     # weights="none": the state dict below carries every trained tensor
-    model = build_classifier(model_cfg.backbone, "none", meta["num_classes"], model_cfg.freeze_backbone)
+    model = build_classifier(model_cfg.backbone, "none", meta["num_classes"], model_cfg.freeze_backbone,
+                             model_cfg.input_norm)
     model.load_state_dict(load_state(directory))
     return model.eval(), model_cfg, meta

@@ -51,8 +51,14 @@ class Classifier(nn.Module):
                 "fc2": trainable(self.fc2.parameters())}
 
 
-def build_classifier(backbone: str, weights: str, num_classes: int, freeze_backbone: bool = False) -> Classifier:
+def build_classifier(backbone: str, weights: str, num_classes: int, freeze_backbone: bool = False,
+                     input_norm: str = "native") -> Classifier:
     model = Classifier(build_backbone(backbone, weights), num_classes)
+    if input_norm == "imagenet_raw" and hasattr(model.backbone, "in_scale"):
+        model.backbone.in_scale.fill_(1.0)     # skip the conversion to the checkpoint's own scaling
+        model.backbone.in_shift.fill_(0.0)
+    elif input_norm not in ("native", "imagenet_raw"):
+        raise ValueError(f"input_norm must be 'native' or 'imagenet_raw', got {input_norm!r}")
     if freeze_backbone:
         set_frozen(model.backbone, True)
     return model

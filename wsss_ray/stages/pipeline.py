@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from wsss_ray.config import CamConfig, DatasetConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, to_dict
 from wsss_ray.rundir import RunDir
 
-ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam")
+ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam")
 RECAM_VARIANTS = {"recam_w": "w", "recam_wp": "w'", "recam_wsum": "w+w'", "recam_wprod": "w*w'"}
 
 
@@ -27,6 +27,7 @@ class PipelineConfig:
     eval: EvalConfig = EvalConfig()
     methods: tuple = ("cam", "lpcam", "lpcam_f")
     infercam: dict = field(default_factory=dict)
+    advcam: dict = field(default_factory=dict)       # AdvCamConfig overrides, e.g. {"steps": 8}
     strict: bool = False
 
 
@@ -126,6 +127,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                "infercam_split": {"split": True, "iterate": False},
                                "infercam_iter": {"split": False, "iterate": True}}.items():
             extract_and_eval(name, "infercam", ckpt, {**cfg.infercam, **switches})
+    if "advcam" in cfg.methods:
+        extract_and_eval("advcam", "advcam", ckpt, dict(cfg.advcam))
+        if "recam" in cfg.methods:          # the ReCAM paper's ReCAM + AdvCAM route
+            extract_and_eval("recam_advcam", "advcam", run.uri("checkpoints", "recam"),
+                             {**cfg.advcam, "variant": "w*w'"})
     plot_curves(list(results.values()), run.uri("eval", "summary.png"))
     table = summary_table(results)
     run.write_text(run.path("eval", "summary.md"), table + "\n")

@@ -159,7 +159,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.seed)
-    model = build_classifier(model_cfg.backbone, model_cfg.weights, config["num_classes"], model_cfg.freeze_backbone)
+    model = build_classifier(model_cfg.backbone, model_cfg.weights, config["num_classes"], model_cfg.freeze_backbone,
+                             model_cfg.input_norm)
     if config.get("init_from"):
         model.load_state_dict(load_state(config["init_from"]))
     if cfg.recam_lambda <= 0:
@@ -253,7 +254,7 @@ def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainC
     result = trainer.fit()
     seconds = time.perf_counter() - start
     last = latest_epoch_dir(epochs_dir)
-    model = build_classifier(model_cfg.backbone, "none", num_classes, model_cfg.freeze_backbone)
+    model = build_classifier(model_cfg.backbone, "none", num_classes, model_cfg.freeze_backbone, model_cfg.input_norm)
     model.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = seconds

@@ -1,0 +1,717 @@
+"""Hyperparameter sweeps on Ray Tune, reusing a finished run's artifacts.
+
+Post-processing sweep (LPCAM's tau, K, mu_f, mu_b_low, mu_b_high; every trial scores the
+whole threshold grid at once): the backbone never runs inside a trial. One pass over the
+images (the chunked actor pool every stage uses) writes a feature cache:
+
+  sweeps/_cache/fused/part-NNNNN.parquet   per image and scale: the flip-fused features
+                                            f(x) + flip(f(flip x)) that LPCAM maps use
+  sweeps/_cache/split/part-NNNNN.parquet   per image: scale-1.0 unflipped features and
+                                            the image's stored CAM resampled to their grid
+                                            (re-split into fg/context at any tau)
+  sweeps/_cache/centres/<key>.parquet      k-means centres per (tau, K, ...): trials that
+                                            share them skip the clustering
+  sweeps/_cache/info.json                  what made the cache, its bytes
+
+A trial splits by its tau, clusters per class (its K), selects prototypes (its mu), makes
+maps from the cached fused features exactly as ``multiscale_lpcam`` does, evaluates them
+chunk by chunk and reports to Tune after each chunk, so ASHA can stop a bad trial early.
+
+Training sweep (ReCAM lambda, lr_fc2): each trial trains through ``train_classifier`` (a
+TorchTrainer, Ray Train V2, launched from inside the Tune function), extracts w*w' maps and
+evaluates them.
+
+Fair protocol: ``evaluate_fair`` (and every sweep) scores the papers' protocol (threshold
+chosen on the images it is reported on) next to a selection/report split
+(``wsss_ray.selection``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, strided_size, with_flips
+from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, class_scores, lpcam_terms, split_positions
+from wsss_ray.clustering import spherical_kmeans
+from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from wsss_ray.data.images import load_mask
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.metrics import full_resolution, gt_at, threshold_confusions
+from wsss_ray.rundir import RunDir
+from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
+from wsss_ray.store import decode_maps, encode_maps, list_shards, open_fs, write_table_atomic
+
+KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
+CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
+CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()),
+                            ("size", pa.int64()), ("vector", pa.list_(pa.float32())), ("score", pa.float64())])
+FUSED_SCHEMA = pa.schema([("image_id", pa.int64()), ("scale_index", pa.int32()), ("shape", pa.list_(pa.int32())),
+                          ("data", pa.binary())])
+SPLIT_SCHEMA = pa.schema([("image_id", pa.int64()), ("classes", pa.list_(pa.int32())), ("height", pa.int32()),
+                          ("width", pa.int32()), ("feat_shape", pa.list_(pa.int32())), ("feat", pa.binary()),
+                          ("cam_classes", pa.list_(pa.int32())), ("cam", pa.binary())])
+
+
+# ----------------------------------------------------------------------------- run config
+
+def run_config(run: RunDir) -> dict:
+    """The pipeline config the run was made with (``config.json``), as typed configs."""
+    raw = run.read_json(run.path("config.json"))
+    dataset = raw["dataset"]["kind"] + (f":{raw['dataset']['class_subset']}" if raw["dataset"].get("class_subset") else "")
+    return {"cam": from_dict(CamConfig, raw["cam"]), "lpcam": from_dict(LPCAMConfig, raw["lpcam"]),
+            "eval": from_dict(EvalConfig, raw["eval"]), "model": from_dict(ModelConfig, raw["model"]),
+            "recam_train": from_dict(TrainConfig, raw["recam_train"]), "dataset": dataset}
+
+
+def evaluable_images(run: RunDir) -> tuple[list[int], list[list[int]], dict[int, str]]:
+    """Labelled images with a GT mask: (ids, label sets, id -> mask uri)."""
+    manifest, _ = read_manifest(run.manifest())
+    ids, labels, masks = [], [], {}
+    for r in manifest.select(["image_id", "labels", "mask_uri"]).to_pylist():
+        if r["labels"] and r["mask_uri"]:
+            ids.append(int(r["image_id"]))
+            labels.append(list(r["labels"]))
+            masks[int(r["image_id"])] = r["mask_uri"]
+    return ids, labels, masks
+
+
+# ----------------------------------------------------------------------------- feature cache
+
+def cache_uri(run: RunDir, *parts: str) -> str:
+    return run.uri("sweeps", "_cache", *parts)
+
+
+def _bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _feature_grid_cams(cam_row: dict, h: int, w: int) -> np.ndarray:
+    """The stored CAM at the feature grid by nearest neighbour (as ``split_positions``
+    resamples it), kept as the same uint8 levels: the split at any tau is unchanged."""
+    maps = torch.from_numpy(decode_maps(cam_row["data"], cam_row["map_shape"]))
+    grid = F.interpolate(maps[None], size=(h, w), mode="nearest")[0]
+    return np.frombuffer(encode_maps(grid.numpy()), np.uint8).reshape(grid.shape)
+
+
+def _build_cache_processor():
+    # defined lazily: extract.py (and its ModelRunner) is only needed where the cache is built
+    from wsss_ray.stages.extract import ModelRunner, batches_by_shape
+    from wsss_ray.stages.chunks import chunk_name
+
+    class SweepCacheProcessor(ModelRunner):
+        """Per chunk: flip-fused features at every scale + scale-1.0 features with the CAM."""
+
+        def __init__(self, checkpoint_dir: str, cam_dir: str, output_dir: str, cam_cfg: CamConfig,
+                     fused_dtype: str):
+            super().__init__(checkpoint_dir, cam_cfg.use_gpu)
+            self.cam_dir, self.output_dir, self.cfg = cam_dir, output_dir, cam_cfg
+            self.fused_dtype = np.dtype(fused_dtype)
+
+        def _cams(self, image_ids: list[int]) -> dict[int, dict]:
+            import pyarrow.dataset as pads
+            fs, path = open_fs(self.cam_dir)
+            table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+                filter=pads.field("image_id").isin(image_ids))
+            return {r["image_id"]: r for r in table.to_pylist()}
+
+        def _fused_rows(self, image_id: int, per_scale: list[torch.Tensor], i: int) -> list[dict]:
+            limit = np.finfo(self.fused_dtype).max if self.fused_dtype.kind == "f" else None
+            rows = []
+            for s, feats in enumerate(per_scale):
+                f = feats[i].float().cpu().numpy()
+                f = np.clip(f, -limit, limit) if limit is not None else f     # float16 overflow -> inf otherwise
+                rows.append({"image_id": image_id, "scale_index": s, "shape": list(f.shape),
+                             "data": _bytes(f.astype(self.fused_dtype))})
+            return rows
+
+        def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
+            cams = self._cams([r["image_id"] for r in rows])
+            fused, split, errors = [], [], []
+            for batch in batches_by_shape(rows, images, self.cfg.batch_size):
+                x = self.tensor([images[r["image_id"]] for r in batch])
+                per_scale, plain = [], None
+                for s in self.cfg.scales:
+                    raw = self.model.features(with_flips(scaled_batch(x, s), self.cfg.flip))
+                    if s == 1.0:        # the unflipped half is model.features(x): no extra forward
+                        plain = raw[:len(batch)]
+                    per_scale.append(fuse_flips(raw, self.cfg.flip))
+                if plain is None:
+                    plain = self.model.features(x)      # the call the LPCAM feature stage makes
+                h, w = images[batch[0]["image_id"]].shape[:2]
+                for i, row in enumerate(batch):
+                    cam_row = cams.get(row["image_id"])
+                    if cam_row is None:
+                        errors.append((str(row["image_id"]), "no CAM for this image: run CAM extraction first"))
+                        continue
+                    fused += self._fused_rows(row["image_id"], per_scale, i)
+                    f = plain[i].float().cpu().numpy()
+                    grid = _feature_grid_cams(cam_row, f.shape[1], f.shape[2])
+                    split.append({"image_id": row["image_id"], "classes": list(row["labels"]), "height": h,
+                                  "width": w, "feat_shape": list(f.shape), "feat": _bytes(f.astype(np.float32)),
+                                  "cam_classes": list(cam_row["classes"]), "cam": _bytes(grid)})
+            fs, path = open_fs(self.output_dir)
+            write_table_atomic(pa.Table.from_pylist(fused, schema=FUSED_SCHEMA), fs, f"{path}/fused/{chunk_name(chunk_id)}")
+            # the split shard is written last: it marks the chunk complete
+            write_table_atomic(pa.Table.from_pylist(split, schema=SPLIT_SCHEMA), fs, f"{path}/split/{chunk_name(chunk_id)}")
+            return errors
+
+    return SweepCacheProcessor
+
+
+def _cache_key(run: RunDir, cam_cfg: CamConfig, fused_dtype: str) -> dict:
+    fs, _ = run.fs()
+    info = fs.get_file_info(run.path("checkpoints", "cam", "model.pt"))
+    key = {"checkpoint_bytes": info.size, "checkpoint_mtime_ns": info.mtime_ns, "cam": to_dict(cam_cfg),
+           "fused_dtype": fused_dtype, "chunk_size": CACHE_CHUNK}
+    return json.loads(json.dumps(key))          # as info.json will hold it (tuples become lists)
+
+
+def _dir_bytes(uri: str) -> int:
+    fs, path = open_fs(uri)
+    return int(sum(fs.get_file_info(s).size for s in list_shards(fs, path)))
+
+
+def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
+    """Build (or resume, or reuse) ``sweeps/_cache``: the only backbone pass of a sweep."""
+    from wsss_ray.stages.chunks import pending_chunks, plan_chunks, run_chunked
+    from wsss_ray.stages.extract import _Factory
+    cfg = run_config(run)["cam"]
+    key = _cache_key(run, cfg, fused_dtype)
+    info_path = run.path("sweeps", "_cache", "info.json")
+    if run.exists(info_path):
+        old = run.read_json(info_path)
+        if old.get("key") != key:
+            raise RuntimeError(f"{cache_uri(run)} was built from another checkpoint or CAM config: delete it")
+        if old.get("complete"):
+            return dict(old, reused=True)
+    run.write_json(info_path, {"key": key, "complete": False})
+    manifest, _ = read_manifest(run.manifest())
+    chunks = plan_chunks(manifest, CACHE_CHUNK)
+    todo = pending_chunks(chunks, cache_uri(run, "split"))
+    start = time.perf_counter()
+    factory = _Factory(_build_cache_processor(), checkpoint=run.uri("checkpoints", "cam"),
+                       cam_dir=run.uri("maps", "cam"), output_dir=cache_uri(run), cam_cfg=cfg, fused_dtype=fused_dtype)
+    stats = run_chunked(todo, factory, run.uri("errors", "sweep_cache"), "sweep_cache", num_actors=cfg.num_actors,
+                        actor_cpus=cfg.actor_cpus, use_gpu=cfg.use_gpu, max_side=cfg.max_side)
+    info = {"key": key, "complete": True, "chunks_run": len(todo), "seconds": time.perf_counter() - start,
+            "images": int(sum(s["num_images"] for s in stats)), "fused_dtype": fused_dtype,
+            "bytes_fused": _dir_bytes(cache_uri(run, "fused")), "bytes_split": _dir_bytes(cache_uri(run, "split"))}
+    run.write_json(info_path, info)
+    return dict(info, reused=False)
+
+
+# ----------------------------------------------------------------------------- trial maths
+
+def read_split(run: RunDir) -> dict[int, dict]:
+    """image_id -> scale-1.0 features (D,h,w) float32, grid CAMs, labels, decoded size."""
+    fs, path = open_fs(cache_uri(run, "split"))
+    out = {}
+    for shard in list_shards(fs, path):
+        for r in pq.read_table(shard, filesystem=fs).to_pylist():
+            r["feat"] = np.frombuffer(r["feat"], np.float32).reshape(r["feat_shape"]).copy()   # writable for torch
+            r["cam"] = decode_maps(r["cam"], [len(r["cam_classes"]), *r["feat_shape"][1:]])
+            out[int(r["image_id"])] = r
+    return out
+
+
+def stage_order(shapes: dict[int, tuple], image_ids, chunk_size: int = 32) -> list[int]:
+    """The order the LPCAM feature stage visits images (chunks of sorted ids, then
+    same-shape batches): k-means depends on point order, so trials feed it the same."""
+    ids = sorted(image_ids)
+    order = []
+    for i in range(0, len(ids), chunk_size):
+        order += sorted(ids[i:i + chunk_size], key=lambda j: (tuple(shapes[j]), j))
+    return order
+
+
+def split_points(split: dict[int, dict], sampled: dict[int, list[int]], cfg: LPCAMConfig) -> dict[int, dict]:
+    """Class -> {fg, context} points at the trial's tau, as the feature stage samples them."""
+    per_class: dict[int, dict] = {}
+    shapes = {i: (split[i]["height"], split[i]["width"]) for i in sampled if i in split}
+    for image_id in stage_order(shapes, shapes):
+        row = split[image_id]
+        feats = torch.from_numpy(row["feat"])
+        for c in sampled[image_id]:
+            rng = np.random.default_rng([cfg.seed, image_id, c])
+            cam = torch.from_numpy(row["cam"][row["cam_classes"].index(c)])
+            fg, ctx = split_positions(feats, cam, cfg.tau, cfg.max_positions_per_image, rng)
+            bucket = per_class.setdefault(c, {FG: [], CONTEXT: []})
+            bucket[FG].append(fg)
+            bucket[CONTEXT].append(ctx)
+    return per_class
+
+
+def cluster_points(per_class: dict[int, dict], num_classes: int, dim: int, cfg: LPCAMConfig,
+                   head: np.ndarray) -> pa.Table:
+    """Spherical k-means per class and kind, scored by the classifier head (the centres
+    table the prototype stage writes)."""
+    rows = []
+    for c in range(num_classes):
+        for kind in (FG, CONTEXT):
+            parts = per_class.get(c, {}).get(kind, [])
+            points = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+            clusters = spherical_kmeans(points, cfg.k, cfg.kmeans_iters, cfg.seed + c)
+            rows += [{"class_id": c, "kind": kind, "cluster": j, "size": int(n), "vector": v.tolist()}
+                     for j, (v, n) in enumerate(zip(clusters.prototypes, clusters.sizes))]
+    if rows:
+        scores = class_scores(np.asarray([r["vector"] for r in rows], np.float32), head)
+        for r, p in zip(rows, scores):
+            r["score"] = float(p[r["class_id"]])
+    return pa.Table.from_pylist(rows, schema=CENTRES_SCHEMA)
+
+
+def centres_key(cfg: LPCAMConfig) -> str:
+    """Only these knobs change the clusters; mu_f / mu_b only re-select among them."""
+    fields = {k: getattr(cfg, k) for k in ("tau", "k", "kmeans_iters", "seed", "images_per_class",
+                                          "max_positions_per_image")}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
+    """The centres for (tau, K, ...): read from the cache, or clustered once and stored."""
+    from wsss_ray.stages.prototypes import sample_images
+    fs, _ = run.fs()
+    path = run.path("sweeps", "_cache", "centres", f"{centres_key(cfg)}.parquet")
+    if run.exists(path):
+        return pq.read_table(path, filesystem=fs)
+    manifest, classes = read_manifest(run.manifest())
+    sampled = sample_images(manifest, classes.num_classes, cfg.images_per_class, cfg.seed)
+    per_class = split_points(read_split(run), sampled, cfg)
+    table = cluster_points(per_class, classes.num_classes, head.shape[1], cfg, head)
+    write_table_atomic(table, fs, path)
+    return table
+
+
+def trial_bank(run: RunDir, cfg: LPCAMConfig) -> PrototypeBank:
+    """Prototypes for one trial's config: cached centres, then mu_f / mu_b selection."""
+    from wsss_ray.models.checkpoint import load_classifier
+    from wsss_ray.stages.prototypes import select_prototypes
+    model, _, meta = load_classifier(run.uri("checkpoints", "cam"))
+    head = model.head.weight.detach().flatten(1).numpy()
+    table, _ = select_prototypes(trial_centres(run, cfg, head), meta["num_classes"], cfg)
+    return PrototypeBank.from_table(table, meta["num_classes"])
+
+
+def lpcam_from_fused(fused: list[torch.Tensor], bank: PrototypeBank, classes, out_size,
+                     fg_only: bool = False) -> torch.Tensor:
+    """``multiscale_lpcam`` from cached flip-fused features (one (D,h,w) tensor per scale,
+    in the CAM config's scale order): FG - BG per scale, upsampled, mean, relu, max-norm."""
+    total = None
+    for feats in fused:
+        fg, bg = lpcam_terms(feats[None].float(), bank)
+        diff = fg if fg_only else fg - bg
+        diff = F.interpolate(diff, size=out_size, mode="bilinear", align_corners=False)
+        total = diff if total is None else total + diff
+    total = torch.relu(total / len(fused))
+    return normalise_per_map(total[0, list(classes)])
+
+
+def iter_cached_images(run: RunDir, image_ids: set | None = None, seed: int = 0, dtype: str = "float16"):
+    """(image_id, [per-scale (D,h,w) tensors]) over the cache, shard by shard in a seeded
+    order (so a trial's early reports see a random sample of the images, not the first ids)."""
+    fs, path = open_fs(cache_uri(run, "fused"))
+    shards = list_shards(fs, path)
+    for j in np.random.default_rng(seed).permutation(len(shards)):
+        table = pq.read_table(shards[j], filesystem=fs)
+        by_image: dict[int, list] = {}
+        for r in table.to_pylist():
+            if image_ids is None or r["image_id"] in image_ids:
+                feats = np.frombuffer(r["data"], np.dtype(dtype)).reshape(r["shape"])
+                by_image.setdefault(int(r["image_id"]), []).append((r["scale_index"], feats))
+        for image_id in sorted(by_image):
+            yield image_id, [torch.from_numpy(f.astype(np.float32)) for _, f in sorted(by_image[image_id])]
+
+
+def image_meta(run: RunDir) -> dict[int, dict]:
+    fs, path = open_fs(cache_uri(run, "split"))
+    out = {}
+    for shard in list_shards(fs, path):
+        for r in pq.read_table(shard, filesystem=fs, columns=["image_id", "classes", "height", "width"]).to_pylist():
+            out[int(r["image_id"])] = r
+    return out
+
+
+def sweep_maps(run: RunDir, cfg: LPCAMConfig, image_ids=None) -> dict[int, np.ndarray]:
+    """Stored-precision (uint8 / 255) LPCAM maps of ``cfg`` from the cache: the maps a
+    trial evaluates (what ``maps/lpcam`` would hold for the same config)."""
+    cam_cfg = run_config(run)["cam"]
+    bank, meta, out = trial_bank(run, cfg), image_meta(run), {}
+    info = run.read_json(run.path("sweeps", "_cache", "info.json"))
+    wanted = None if image_ids is None else set(image_ids)
+    for image_id, fused in iter_cached_images(run, wanted, dtype=info.get("fused_dtype", "float16")):
+        m = meta[image_id]
+        maps = lpcam_from_fused(fused, bank, m["classes"], strided_size(m["height"], m["width"], cam_cfg.store_stride),
+                                cfg.fg_only)
+        out[image_id] = decode_maps(encode_maps(maps.numpy()), maps.shape)
+    return out
+
+
+# ----------------------------------------------------------------------------- progressive evaluation
+
+class FairAccumulator:
+    """Confusions of the selection and report subsets, summed image by image."""
+
+    def __init__(self, thresholds, num_classes: int, selection: set[int]):
+        self.thresholds, self.selection = list(thresholds), selection
+        k = num_classes + 1
+        self.conf = {"selection": np.zeros((len(thresholds), k, k), np.int64),
+                     "report": np.zeros((len(thresholds), k, k), np.int64)}
+        self.count = {"selection": 0, "report": 0}
+
+    def add(self, image_id: int, confusion: np.ndarray) -> None:
+        part = "selection" if image_id in self.selection else "report"
+        self.conf[part] += confusion
+        self.count[part] += 1
+
+    def summary(self) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # an empty subset early on: NaN
+            return fair_protocol(self.thresholds, self.conf["selection"], self.conf["report"],
+                                 self.count["selection"], self.count["report"])
+
+    def metrics(self) -> dict:
+        s = self.summary()
+        return {"miou": s["papers_protocol"]["miou"], "best_threshold": s["papers_protocol"]["threshold"],
+                "sel_miou": s["selection"]["miou"], "sel_threshold": s["selection"]["threshold"],
+                "report_miou": s["report"]["miou"], "images": sum(self.count.values()),
+                "miou_at": {f"{t:.2f}": float(v) for t, v in zip(self.thresholds, s["papers_protocol"]["curve"])}}
+
+
+def image_confusion(maps: np.ndarray, meta: dict, mask_uri: str, num_classes: int, thresholds) -> np.ndarray:
+    """As the evaluation stage: stored maps upsampled to full size against the GT mask."""
+    h, w = int(meta["height"]), int(meta["width"])
+    gt = gt_at(load_mask(mask_uri), h, w)
+    return threshold_confusions(full_resolution(maps, h, w), gt, list(meta["classes"]), num_classes, thresholds)
+
+
+def trial_lpcam_config(base: dict, config: dict) -> LPCAMConfig:
+    knobs = {k: (int(config[k]) if k == "k" else float(config[k])) for k in KNOBS if k in config}
+    return dataclasses.replace(from_dict(LPCAMConfig, base), **knobs)
+
+
+def lpcam_trial(config: dict, ctx: dict) -> None:
+    """One post-processing trial: prototypes for its knobs, then maps + evaluation chunk by
+    chunk, reporting cumulative scores to Tune after each chunk."""
+    import faiss
+    from ray import tune
+    torch.set_num_threads(ctx["threads"])
+    faiss.omp_set_num_threads(ctx["threads"])
+    run = RunDir(ctx["run_dir"])
+    cfg = trial_lpcam_config(ctx["base_lpcam"], config)
+    start = time.perf_counter()
+    bank = trial_bank(run, cfg)
+    prototypes_s = time.perf_counter() - start
+    meta, acc = image_meta(run), FairAccumulator(ctx["thresholds"], ctx["num_classes"], set(ctx["selection"]))
+    masks, done = ctx["masks"], 0
+    for image_id, fused in iter_cached_images(run, set(masks), ctx["order_seed"], ctx["fused_dtype"]):
+        m = meta[image_id]
+        maps = lpcam_from_fused(fused, bank, m["classes"], strided_size(m["height"], m["width"], ctx["stride"]),
+                                cfg.fg_only)
+        stored = decode_maps(encode_maps(maps.numpy()), maps.shape)        # evaluate what a run would store
+        acc.add(image_id, image_confusion(stored, m, masks[image_id], ctx["num_classes"], ctx["thresholds"]))
+        done += 1
+        if done % ctx["report_every"] == 0 or done == len(masks):
+            tune.report(dict(acc.metrics(), complete=done == len(masks), prototypes_s=prototypes_s))
+
+
+# ----------------------------------------------------------------------------- search spaces
+
+RANDOM_SPACE = {"tau": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], "k": [4, 6, 8, 12, 16, 20],
+                "mu_f": (0.5, 0.97), "mu_b_low": (0.0, 0.2), "mu_b_high": (0.4, 0.95)}
+GRID_SPACE = {"tau": [0.1, 0.25], "k": [8, 12], "mu_f": [0.8, 0.9], "mu_b_low": [0.05], "mu_b_high": [0.5, 0.9]}
+
+
+def search_space(kind: str, grid: dict | None = None) -> dict:
+    """tau and K are discrete (trials that share them share the clustering); the mu are
+    continuous ranges for random / optuna, lists for grid."""
+    from ray import tune
+    if kind == "grid":
+        return {k: tune.grid_search(list(v)) for k, v in (grid or GRID_SPACE).items()}
+    return {k: tune.choice(v) if isinstance(v, list) else tune.uniform(*v) for k, v in RANDOM_SPACE.items()}
+
+
+def make_search(kind: str, metric: str, seed: int, baseline: dict | None, max_concurrent: int):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    points = [baseline] if baseline else None
+    if kind == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode="max", points_to_evaluate=points, seed=seed),
+                                  max_concurrent=max_concurrent)
+    if kind in ("random", "grid"):
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=seed, max_concurrent=max_concurrent)
+    raise ValueError(f"unknown search {kind!r}: random | grid | optuna")
+
+
+def make_scheduler(kind: str, max_t: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=max(1, max_t // 4),
+                             reduction_factor=2)
+    if kind == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"unknown scheduler {kind!r}: asha | fifo")
+
+
+def logger_callbacks(storage: str, name: str) -> list:
+    """MLflow when installed (TensorBoard, CSV and JSON are Tune's defaults)."""
+    if importlib.util.find_spec("mlflow") is None:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    uri = storage if "://" in storage else f"file://{storage}"
+    return [MLflowLoggerCallback(tracking_uri=f"{uri}/mlruns", experiment_name=name, save_artifact=False)]
+
+
+def storage_root(run: RunDir) -> str:
+    root = run.uri("sweeps")
+    return root if "://" in root else os.path.abspath(root)
+
+
+# ----------------------------------------------------------------------------- results
+
+def result_rows(grid, knobs) -> list[dict]:
+    rows = []
+    for res in grid:
+        m = res.metrics or {}
+        row = {"trial_id": m.get("trial_id", ""), **{k: res.config.get(k) for k in knobs}}
+        for key in ("miou", "best_threshold", "sel_miou", "sel_threshold", "report_miou", "images", "complete",
+                    "training_iteration", "time_total_s"):
+            row[key] = m.get(key)
+        row["error"] = str(res.error)[:300] if res.error else ""
+        row["trial_dir"] = res.path
+        rows.append(row)
+    return rows
+
+
+def write_results(run: RunDir, name: str, rows: list[dict], summary: dict, knobs) -> None:
+    import pandas as pd
+    fs, _ = run.fs()
+    base = run.path("sweeps", name)
+    fs.create_dir(base, recursive=True)
+    frame = pd.DataFrame(rows)
+    with fs.open_output_stream(f"{base}/results.csv") as out:
+        out.write(frame.to_csv(index=False).encode())
+    write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), fs, f"{base}/results.parquet")
+    run.write_json(f"{base}/summary.json", summary)
+    for knob in knobs:
+        plot_knob(rows, knob, run.uri("sweeps", name, f"miou_vs_{knob}.png"))
+
+
+def plot_knob(rows: list[dict], knob: str, png_path: str) -> None:
+    """Final mIoU against one knob; hollow markers are trials the scheduler stopped early."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
+    for complete, style in ((True, {"marker": "o"}), (False, {"marker": "o", "facecolors": "none"})):
+        pts = [(r[knob], r["miou"]) for r in rows if r.get("miou") is not None and bool(r.get("complete")) == complete]
+        if pts:
+            ax.scatter(*zip(*pts), edgecolors="C0", label="complete" if complete else "stopped early", **style)
+    ax.set_xlabel(knob)
+    ax.set_ylabel("mIoU (best threshold)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fs, path = open_fs(png_path)
+    with fs.open_output_stream(path) as out:
+        fig.savefig(out, format="png")
+    plt.close(fig)
+
+
+def sweep_summary(rows: list[dict]) -> dict:
+    """The config each protocol would pick: the papers' (best mIoU over all images) and
+    the fair one (best on the selection subset, reported on the report subset)."""
+    complete = [r for r in rows if r.get("complete") and not r.get("error")]
+    papers, fair = choose_config(complete, "miou"), choose_config(complete, "sel_miou")
+    return {"trials": len(rows), "complete": len(complete),
+            "papers_protocol": papers and {k: v for k, v in papers.items() if k != "trial_dir"},
+            "fair": fair and {k: v for k, v in fair.items() if k != "trial_dir"},
+            "fair_report_miou": fair and fair["report_miou"]}
+
+
+# ----------------------------------------------------------------------------- post-processing sweep
+
+def start_ray(dashboard: bool = False) -> None:
+    """A local session (dashboard on 127.0.0.1:8265 when asked), or the cluster of RAY_ADDRESS."""
+    import ray
+    from wsss_ray.stages.session import ensure_ray
+    if dashboard and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True,
+                 dashboard_host="127.0.0.1", dashboard_port=8265)
+    ensure_ray()
+
+
+def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random", scheduler: str = "asha",
+                    name: str = "", cpus_per_trial: float = 0.5, max_concurrent: int = 2, report_every: int = 16,
+                    seed: int = 0, selection_fraction: float = 0.5, metric: str = "miou", baseline: bool = True,
+                    grid: dict | None = None, fused_dtype: str = "float16") -> dict:
+    """LPCAM post-processing sweep over ``KNOBS`` on a finished run's cached artifacts."""
+    from ray import tune
+    run = RunDir(run_dir)
+    name = name or f"lpcam_{search}_{scheduler}"
+    cfg = run_config(run)
+    timings = {}
+    start = time.perf_counter()
+    cache = build_feature_cache(run, fused_dtype)
+    timings["cache_s"] = time.perf_counter() - start
+    ids, labels, masks = evaluable_images(run)
+    masks = {i: masks[i] for i in image_meta(run) if i in masks}      # images the cache holds
+    kept = [i for i in ids if i in masks]
+    selection, _ = split_selection_report(kept, [labels[ids.index(i)] for i in kept], selection_fraction, seed)
+    _, classes = read_manifest(run.manifest())
+    ctx = {"run_dir": run.root if "://" in run.root else os.path.abspath(run.root), "base_lpcam": to_dict(cfg["lpcam"]),
+           "thresholds": list(cfg["eval"].thresholds), "num_classes": classes.num_classes, "selection": selection,
+           "masks": masks, "stride": cfg["cam"].store_stride, "report_every": max(1, report_every),
+           "order_seed": seed, "fused_dtype": cache.get("fused_dtype", fused_dtype),
+           "threads": max(1, math.floor(cpus_per_trial))}
+    base = {k: getattr(cfg["lpcam"], k) for k in KNOBS}
+    trainable = tune.with_resources(tune.with_parameters(lpcam_trial, ctx=ctx), {"cpu": cpus_per_trial})
+    reports = -(-len(masks) // ctx["report_every"])
+    tuner = tune.Tuner(
+        trainable, param_space=search_space(search, grid),
+        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=1 if search == "grid" else num_samples,
+                                    search_alg=make_search(search, metric, seed, base if baseline else None,
+                                                           max_concurrent),
+                                    scheduler=make_scheduler(scheduler, reports)),
+        run_config=tune.RunConfig(name=name, storage_path=storage_root(run), verbose=1,
+                                  callbacks=logger_callbacks(storage_root(run), name)))
+    start = time.perf_counter()
+    results = tuner.fit()
+    timings["trials_s"] = time.perf_counter() - start
+    rows = result_rows(results, KNOBS)
+    cache = {k: v for k, v in cache.items() if k != "key"}
+    summary = dict(sweep_summary(rows), timings_s=timings, cache=cache, search=search, scheduler=scheduler,
+                   metric=metric, images=len(masks), selection_images=len(selection), baseline=base)
+    write_results(run, name, rows, summary, KNOBS)
+    return summary
+
+
+# ----------------------------------------------------------------------------- training sweep
+
+def _subsets_of_batch(batch: dict, masks: dict, num_classes: int, thresholds, selection: set, report: set) -> dict:
+    """One map batch -> confusions of its selection images and of its report images."""
+    from wsss_ray.stages.evaluate import confusions_of_batch
+    sel = confusions_of_batch(batch, masks, num_classes, thresholds, selection)
+    rep = confusions_of_batch(batch, masks, num_classes, thresholds, report)
+    return {"selection": sel["confusion"], "report": rep["confusion"],
+            "n_selection": sel["count"], "n_report": rep["count"]}
+
+
+def subset_confusions(run: RunDir, method: str, thresholds, selection: set[int]) -> tuple:
+    """Selection and report confusions of ``maps/<method>`` in one Ray Data pass, with the
+    evaluation stage's per-image maths."""
+    import ray
+    ids, _, masks = evaluable_images(run)
+    _, classes = read_manifest(run.manifest())
+    fs, path = open_fs(run.uri("maps", method))
+    shards = list_shards(fs, path)
+    if not shards:
+        raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
+    t, k = len(thresholds), classes.num_classes + 1
+    ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
+    ds = ds.map_batches(_subsets_of_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes, "thresholds": list(thresholds),
+                                   "selection": set(selection), "report": set(ids) - set(selection)})
+    out = {"selection": np.zeros((t, k, k), np.int64), "report": np.zeros((t, k, k), np.int64),
+           "n_selection": 0, "n_report": 0}
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key in ("selection", "report"):
+            out[key] += part[key].sum(0).reshape(t, k, k)
+            out[f"n_{key}"] += int(part[f"n_{key}"].sum())
+    return out["selection"], out["report"], out["n_selection"], out["n_report"]
+
+
+def local_fair_confusions(run: RunDir, method: str, thresholds, selection: set[int]) -> FairAccumulator:
+    """Selection / report confusions of ``maps/<method>`` in this process (the evaluation
+    stage's per-image maths): a trial is already one parallel unit, and a Ray Data pass
+    per subset would cost more in start-up than the arithmetic on a small run."""
+    from wsss_ray.stages.evaluate import image_confusions
+    _, _, masks = evaluable_images(run)
+    _, classes = read_manifest(run.manifest())
+    acc = FairAccumulator(thresholds, classes.num_classes, selection)
+    fs, path = open_fs(run.uri("maps", method))
+    for shard in list_shards(fs, path):
+        for row in pq.read_table(shard, filesystem=fs).to_pylist():
+            if row["image_id"] in masks:
+                acc.add(row["image_id"], image_confusions(row, masks[row["image_id"]], classes.num_classes, thresholds))
+    return acc
+
+
+def recam_trial(config: dict, ctx: dict) -> None:
+    """One ReCAM trial: train (TorchTrainer) from the CAM checkpoint, w*w' maps, evaluate."""
+    from ray import tune
+    from wsss_ray.stages.extract import extract_maps
+    from wsss_ray.stages.train import train_classifier
+    run, cfg = RunDir(ctx["run_dir"]), run_config(RunDir(ctx["run_dir"]))
+    name = f"recam_trial_{tune.get_context().get_trial_id()}"
+    train = dataclasses.replace(cfg["recam_train"], recam_lambda=float(config["recam_lambda"]),
+                                lr_fc2=float(config["lr_fc2"]), **ctx["train_overrides"])
+    start = time.perf_counter()
+    info = train_classifier(run, name, cfg["model"], train, init_from=run.uri("checkpoints", "cam"))
+    train_s = time.perf_counter() - start
+    extract_maps(run, name, "cam", run.uri("checkpoints", name), cfg["cam"], {"variant": "w*w'"})
+    acc = local_fair_confusions(run, name, list(cfg["eval"].thresholds), set(ctx["selection"]))
+    tune.report(dict(acc.metrics(), complete=True, train_loss=float(info.get("loss", float("nan"))),
+                     train_s=train_s, seconds=time.perf_counter() - start))
+
+
+RECAM_SPACE = {"recam_lambda": [0.05, 0.1, 0.3, 1.0, 3.0], "lr_fc2": (1e-4, 5e-3)}
+
+
+def run_recam_sweep(run_dir: str, num_samples: int = 4, name: str = "recam", epochs: int = 0,
+                    num_workers: int = 0, cpus_per_trial: float = 0.5, max_concurrent: int = 1,
+                    seed: int = 0, selection_fraction: float = 0.5, space: dict | None = None) -> dict:
+    """ReCAM training sweep: one TorchTrainer per trial, maps and checkpoints in the run dir."""
+    from ray import tune
+    run = RunDir(run_dir)
+    overrides = {k: v for k, v in {"epochs": epochs, "num_workers": num_workers}.items() if v}
+    ids, labels, _ = evaluable_images(run)
+    selection, _ = split_selection_report(ids, labels, selection_fraction, seed)
+    ctx = {"run_dir": run.root if "://" in run.root else os.path.abspath(run.root), "train_overrides": overrides,
+           "selection": selection}
+    space = space or RECAM_SPACE
+    param_space = {k: tune.choice(v) if isinstance(v, list) else tune.loguniform(*v) for k, v in space.items()}
+    # the trial function only waits on its trainer, whose workers hold their own CPUs
+    trainable = tune.with_resources(tune.with_parameters(recam_trial, ctx=ctx), {"cpu": cpus_per_trial})
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="miou", mode="max", num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent,
+                                    search_alg=make_search("random", "miou", seed, None, max_concurrent)),
+        run_config=tune.RunConfig(name=name, storage_path=storage_root(run), verbose=1,
+                                  callbacks=logger_callbacks(storage_root(run), name)))
+    start = time.perf_counter()
+    results = tuner.fit()
+    rows = result_rows(results, tuple(space))
+    summary = dict(sweep_summary(rows), timings_s={"trials_s": time.perf_counter() - start},
+                   selection_images=len(selection), images=len(ids))
+    write_results(run, name, rows, summary, tuple(space))
+    return summary
+
+
+# ----------------------------------------------------------------------------- fair evaluation
+
+def evaluate_fair(run: RunDir, method: str, cfg: EvalConfig | None = None, selection_fraction: float = 0.5,
+                  seed: int = 0) -> dict:
+    """``eval/<method>_fair.json``: the threshold chosen on a selection subset and mIoU
+    reported on the disjoint report subset, next to the papers' protocol (all images)."""
+    thresholds = list((cfg or run_config(run)["eval"]).thresholds)
+    ids, labels, _ = evaluable_images(run)
+    selection, _ = split_selection_report(ids, labels, selection_fraction, seed)
+    sel, rep, n_sel, n_rep = subset_confusions(run, method, thresholds, set(selection))
+    result = dict(fair_protocol(thresholds, sel, rep, n_sel, n_rep), method=method, seed=seed,
+                  selection_fraction=selection_fraction)     # the split is reproducible from seed + fraction
+    run.write_json(run.path("eval", f"{method}_fair.json"), result)
+    return result
