@@ -42,6 +42,9 @@ def resize_long_side(image: np.ndarray, long_side: int, resample=None) -> np.nda
 def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple, crop: int, hflip: bool,
             mean, std) -> np.ndarray:
     """The authors' augmentation: random long side, hflip, normalise, random crop with zero pad."""
+    if crop <= 0:
+        raise ValueError("crop_size 0 (no crop) is only for the frozen-backbone linear probe; "
+                         "image batches need a fixed crop size")
     image = resize_long_side(image, int(rng.integers(resize_long[0], resize_long[1] + 1)))
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]

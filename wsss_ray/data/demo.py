@@ -2,10 +2,10 @@
 
 It is built so that the problems the three papers attack really occur (docs/DEMO_WORLD.md):
 
-* shared parts: ``cat`` and ``dog`` have bodies drawn from one distribution (striped
-  ellipse, ~80% of the object) and differ only in the head (yellow disc vs blue
-  square). The body is not evidence for either class, so the classifier's weights key
-  on the head and CAM misses the body: the under-activation ReCAM and LPCAM address.
+* shared parts: ``cat`` and ``dog`` bodies share shape, size and palette (~80% of the
+  object) and differ in the head (yellow disc vs blue square, the discriminative part)
+  and only subtly in the body pattern (stripes vs spots). The classifier keys on the
+  head and CAM under-activates the body: what ReCAM and LPCAM address.
 * context: ``boat`` always floats on ``water`` and ``train`` always stands on ``rails``;
   water and rails are background in the GT, and rarely appear without their object.
   The classifier uses them as evidence, so CAM leaks onto them (the train-on-rails case
@@ -32,7 +32,7 @@ CAT, DOG, BOAT, TRAIN, BIRD = range(5)
 SIZES = {"full": 480, "quick": 96}
 IMAGE_SIZE = 112
 CONTEXT_TOP = 0.70            # water / rails occupy the image below this fraction
-STRAY_CONTEXT_P = 0.2         # context drawn without its object: correlated with it, not a label
+STRAY_CONTEXT_P = 0.35        # context drawn without its object: correlated with it, not a label
 
 
 def demo_classes() -> ClassSpace:
@@ -49,14 +49,19 @@ def _noise_texture(rng, size, base, amp) -> np.ndarray:
     return np.clip(np.asarray(base, np.float32) + rng.normal(0, amp, (size, size, 3)), 0, 255)
 
 
-def _striped_body(rng, size) -> np.ndarray:
-    """The body texture cats and dogs share: diagonal brown/tan stripes."""
+def _pet_body(rng, size, cls) -> np.ndarray:
+    """Cat and dog bodies share shape, size and palette (brown on tan); the pattern is the
+    only body cue: diagonal stripes for cats, spots for dogs. Weaker than the head, but
+    class-specific: the non-discriminative part CAM under-activates."""
     yy, xx = np.mgrid[:size, :size]
-    period = rng.integers(4, 7)
-    phase = rng.integers(0, period)
-    stripes = ((xx + yy + phase) // (period // 2 + 1)) % 2
-    dark, light = np.array([120, 72, 40]), np.array([200, 160, 110])
-    img = np.where(stripes[..., None] == 1, dark, light).astype(np.float32)
+    period = int(rng.integers(4, 7))
+    phase = int(rng.integers(0, period))
+    if cls == CAT:
+        dark = ((xx + yy + phase) // (period // 2 + 1)) % 2 == 1
+    else:
+        dark = (((xx + phase) % period) < period // 2) & (((yy + phase) % period) < period // 2)
+    light_c, dark_c = np.array([200, 160, 110]), np.array([120, 72, 40])
+    img = np.where(dark[..., None], dark_c, light_c).astype(np.float32)
     return img + rng.normal(0, 8, img.shape)
 
 
@@ -67,7 +72,7 @@ def _place(rng, w, h, y_lo, y_hi, size=IMAGE_SIZE):
 
 
 def _draw_pet(rng, canvas, labels, cls, y_hi):
-    """Cat or dog: shared striped body + a class-specific head."""
+    """Cat or dog: a body of shared shape and palette + a class-specific head."""
     rx, ry = int(rng.integers(15, 21)), int(rng.integers(9, 13))
     head = int(rng.integers(6, 8))
     x0, y0 = _place(rng, 2 * rx + 2 * head, 2 * ry + 2, 2, y_hi)
@@ -82,7 +87,7 @@ def _draw_pet(rng, canvas, labels, cls, y_hi):
     else:
         head_mask = _poly_mask(IMAGE_SIZE, lambda d: d.rectangle([hx - head, hy - head, hx + head, hy + head], fill=1))
         head_colour = np.array([40, 90, 225])
-    canvas[body] = _striped_body(rng, IMAGE_SIZE)[body]
+    canvas[body] = _pet_body(rng, IMAGE_SIZE, cls)[body]
     canvas[head_mask] = head_colour + rng.normal(0, 6, (int(head_mask.sum()), 3))
     eye = (hy - 2, hx + (-2 if face_left else 2))
     canvas[eye[0]:eye[0] + 2, eye[1]:eye[1] + 2] = 20

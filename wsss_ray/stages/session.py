@@ -14,8 +14,9 @@ def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 600.0
         else:
             # A local cluster gets more logical CPUs than cores: an actor pool on 2
             # cores can otherwise starve Ray Data's read and write tasks (DESIGN.md).
+            # the dashboard (http://127.0.0.1:8265) on request: WSSS_RAY_DASHBOARD=1
             ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=True)
+                     include_dashboard=os.environ.get("WSSS_RAY_DASHBOARD") == "1", log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_no_progress_timeout_s = no_progress_timeout_s
     ctx.enable_progress_bars = True

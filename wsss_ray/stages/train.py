@@ -249,7 +249,7 @@ def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainC
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"{name}", storage_path=run.path("ray_train"),
+        run_config=ray.train.RunConfig(name=f"{name}", storage_path=run.uri("ray_train") if "://" in run.root else run.path("ray_train"),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)))
     result = trainer.fit()
     seconds = time.perf_counter() - start

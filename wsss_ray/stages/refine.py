@@ -1,0 +1,504 @@
+"""Pseudo masks from seed maps (step 4 of the pipeline), on the chunked actor pool.
+
+IRN route (default), per method:
+1. confident labels ``conf/<method>/``: seeds at conf_fg and conf_bg, each through the dense CRF;
+2. a boundary head on the frozen classifier, trained on Ray Train with the affinity loss from
+   confident-label pairs -> ``checkpoints/irn_<method>/``;
+3. the sparse random walk of the stride-4 maps on the boundary affinities ->
+   ``masks/<method>/``.
+CRF route (``refiner="crf"``): seed mask at a threshold + dense CRF -> ``masks/<method>_crf/``.
+
+Mask shards (``MASKS_SCHEMA``): image_id, height, width, png (a mode-L PNG of the uint8 label
+mask: 0 background, class id + 1, 255 ignore), one row per image, written per chunk like the
+map shards. Each pseudo-mask set is scored against GT with the pipeline's metrics into
+``eval/pseudo_<name>.json`` (the same format as ``eval/<method>.json``, one dummy threshold).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from wsss_ray.config import from_dict, to_dict
+from wsss_ray.data.errors import ItemError
+from wsss_ray.data.images import absolute_root, load_mask, load_rgb
+from wsss_ray.data.manifest import read_manifest
+from wsss_ray.metrics import full_resolution, gt_at, scores_from_confusion, threshold_confusions
+from wsss_ray.refine.crf import CRFParams
+from wsss_ray.refine.irn import (BoundaryNet, WalkParams, affinity_loss, conf_thresholds, confident_labels,
+                                 crf_pseudo_mask, downsample_labels, infer_boundary, rw_pseudo_mask)
+from wsss_ray.rundir import RunDir
+from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
+from wsss_ray.store import decode_maps, exists, list_shards, open_fs, write_table_atomic
+
+MASKS_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("png", pa.binary()),             # mode-L PNG: 0 bg, class id + 1, 255 ignore
+])
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    refiner: str = "irn"              # irn | crf
+    conf_fg: float = -1.0             # < 0: the method's preset (METHODS.md section 4)
+    conf_bg: float = -1.0
+    crf_threshold: float = -1.0       # crf route; < 0: the best seed threshold in eval/<method>.json
+    crf_max_sources: int = 1024       # bilateral sources per image (refine/crf.py)
+    # boundary head (IRN: 3 epochs, batch 32, lr 0.1, crop 512, radius 10)
+    epochs: int = 3
+    batch_size: int = 32              # global batch
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    resize_long: tuple = (320, 640)
+    crop_size: int = 512              # 0 = whole images (padded to the batch's largest)
+    hflip: bool = True
+    train_radius: int = 10
+    # random walk
+    walk_radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    bg_threshold: float = 0.25
+    cam_power: float = 1.0
+    # execution
+    num_workers: int = 2
+    num_actors: int = 1
+    actor_cpus: float = 1.0
+    use_gpu: bool = False
+    chunk_size: int = 32
+    max_side: int = 0                 # decode images at this long side (match the extraction)
+    limit: int = 0                    # first N labelled images only (0 = all)
+    seed: int = 0
+
+
+REFINE_PRESETS = {
+    "voc": RefineConfig(),
+    "coco": RefineConfig(max_side=448),
+    "demo": RefineConfig(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, resize_long=(112, 112), crop_size=0),
+    "quick": RefineConfig(epochs=1, batch_size=8, optimizer="adam", lr=2e-3, resize_long=(112, 112), crop_size=0),
+}
+
+
+# ------------------------------------------------------------------ mask encoding
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+    return np.array(Image.open(io.BytesIO(data)), dtype=np.uint8)
+
+
+def mask_row(image_id: int, mask: np.ndarray) -> dict:
+    return {"image_id": int(image_id), "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+            "png": encode_png(mask)}
+
+
+def read_rows(directory: str, ids, columns=None) -> dict[int, dict]:
+    """Rows of the shards under ``directory`` for ``ids`` (shards are sorted by image_id, so
+    Parquet statistics skip the shards that cannot hold them)."""
+    fs, path = open_fs(directory)
+    shards = list_shards(fs, path)
+    if not shards:
+        return {}
+    dataset = pads.dataset(shards, filesystem=fs, format="parquet")
+    table = dataset.to_table(columns=columns, filter=pads.field("image_id").isin(list(ids)))
+    return {r["image_id"]: r for r in table.to_pylist()}
+
+
+# ------------------------------------------------------------------ chunk processors
+
+
+class _MaskProcessor:
+    """Reads the chunk's maps, makes one mask per image (``mask_for``), writes one shard."""
+
+    def __init__(self, maps_dir: str, output_dir: str):
+        self.maps_dir, self.output_dir = maps_dir, output_dir
+        torch.manual_seed(0)
+
+    def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
+        maps = read_rows(self.maps_dir, [r["image_id"] for r in rows])
+        out, errors = [], []
+        for row in rows:
+            image_id = row["image_id"]
+            if image_id not in images:
+                continue                     # decode_chunk recorded why
+            if image_id not in maps:
+                errors.append((str(image_id), f"no map under {self.maps_dir}: run the extraction first"))
+                continue
+            m = maps[image_id]
+            image = _image_at(images[image_id], int(m["height"]), int(m["width"]))
+            out.append(mask_row(image_id, self.mask_for(image, m)))
+        fs, path = open_fs(self.output_dir)
+        write_table_atomic(pa.Table.from_pylist(out, schema=MASKS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
+        return errors
+
+    def mask_for(self, image: np.ndarray, map_row: dict) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _image_at(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The image at the size its maps were extracted at (the extraction may have resized)."""
+    if image.shape[:2] == (height, width):
+        return image
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
+def _full_maps(map_row: dict) -> np.ndarray:
+    maps = decode_maps(map_row["data"], map_row["map_shape"])
+    return full_resolution(maps, int(map_row["height"]), int(map_row["width"]))
+
+
+class ConfProcessor(_MaskProcessor):
+    def __init__(self, maps_dir: str, output_dir: str, conf_fg: float, conf_bg: float, crf: CRFParams):
+        super().__init__(maps_dir, output_dir)
+        self.conf_fg, self.conf_bg, self.crf = conf_fg, conf_bg, crf
+
+    def mask_for(self, image, map_row):
+        return confident_labels(image, _full_maps(map_row), map_row["classes"], self.conf_fg, self.conf_bg, self.crf)
+
+
+class CrfProcessor(_MaskProcessor):
+    def __init__(self, maps_dir: str, output_dir: str, threshold: float, crf: CRFParams):
+        super().__init__(maps_dir, output_dir)
+        self.threshold, self.crf = threshold, crf
+
+    def mask_for(self, image, map_row):
+        return crf_pseudo_mask(image, _full_maps(map_row), map_row["classes"], self.threshold, self.crf)
+
+
+class WalkProcessor(_MaskProcessor):
+    """Loads the classifier + boundary head once per actor; walks each image's stride-4 maps."""
+
+    def __init__(self, maps_dir: str, output_dir: str, irn_dir: str, walk: WalkParams, use_gpu: bool):
+        super().__init__(maps_dir, output_dir)
+        from wsss_ray.stages.extract import pick_device
+        self.device = pick_device(use_gpu)
+        self.net, self.model_cfg = load_boundary_net(irn_dir)
+        self.net.to(self.device).eval()
+        self.walk = walk
+
+    def mask_for(self, image, map_row):
+        from wsss_ray.cams.training import normalise_image
+        x = torch.from_numpy(normalise_image(image, self.model_cfg.image_mean, self.model_cfg.image_std))
+        boundary = infer_boundary(self.net, x.to(self.device)).cpu()
+        maps = torch.from_numpy(decode_maps(map_row["data"], map_row["map_shape"]).copy())
+        return rw_pseudo_mask(maps, boundary, map_row["classes"], int(map_row["height"]), int(map_row["width"]),
+                              self.walk)
+
+
+class _Factory:
+    """A picklable zero-argument constructor (built inside each actor)."""
+
+    def __init__(self, cls, **kwargs):
+        self.cls, self.kwargs = cls, kwargs
+
+    def __call__(self):
+        return self.cls(**self.kwargs)
+
+
+# ------------------------------------------------------------------ boundary head (Ray Train)
+
+
+def load_boundary_net(irn_dir: str):
+    """(BoundaryNet on the classifier it was trained on, that classifier's ModelConfig)."""
+    from wsss_ray.models.checkpoint import load_classifier, load_state
+    fs, path = open_fs(irn_dir)
+    with fs.open_input_stream(f"{path}/model.json") as f:
+        meta = json.loads(f.read().decode())
+    classifier, model_cfg, _ = load_classifier(meta["classifier"])
+    net = BoundaryNet(classifier.backbone)
+    missing, unexpected = net.load_state_dict(load_state(irn_dir), strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise ValueError(f"{irn_dir}: boundary head does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return net, model_cfg
+
+
+def _boundary_batch(rows, idx, conf: dict, rng, cfg: RefineConfig, model_cfg, bad: set):
+    """Augmented images and their stride-4 confident labels for one step."""
+    from wsss_ray.models.segmentation import augment_pair, pad_batch
+    xs, ys = [], []
+    for i in idx:
+        row = rows[i]
+        if row["uri"] in bad or row["image_id"] not in conf:
+            continue
+        try:
+            image = load_rgb(row["uri"], max_side=cfg.max_side)
+        except ItemError:
+            bad.add(row["uri"])
+            continue
+        label = decode_png(conf[row["image_id"]])
+        image = _image_at(image, *label.shape)
+        # the classifier's rule: a random long side, here as a scale for the joint resize
+        scale = int(rng.integers(cfg.resize_long[0], cfg.resize_long[1] + 1)) / max(label.shape)
+        x, y, _ = augment_pair(image, label, rng, (scale, scale), cfg.crop_size, cfg.hflip,
+                               model_cfg.image_mean, model_cfg.image_std)
+        xs.append(x)
+        ys.append(y)
+    if not xs:                                # keep DDP in step: an all-ignore sample
+        side = max(cfg.crop_size, 16)
+        xs, ys = [np.zeros((3, side, side), np.float32)], [np.full((side, side), 255, np.uint8)]
+    x, y, _ = pad_batch(xs, ys)
+    return x, torch.from_numpy(np.stack([downsample_labels(label.numpy()) for label in y]))
+
+
+def boundary_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from wsss_ray.cams.training import poly_lr
+    from wsss_ray.models.checkpoint import load_classifier
+    from wsss_ray.stages.train import _restore, _save_epoch, rank_indices, seed_everything
+
+    cfg = from_dict(RefineConfig, config["refine"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.seed)
+    classifier, model_cfg, _ = load_classifier(config["classifier"])
+    net = BoundaryNet(classifier.backbone)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
+                 else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            start_epoch = _restore(d, net, optimizer)
+    elif config.get("resume_dir"):
+        start_epoch = _restore(config["resume_dir"], net, optimizer)
+    device = ray.train.torch.get_device()
+    net = ray.train.torch.prepare_model(net)
+    rows = config["rows"]
+    conf = {k: v["png"] for k, v in read_rows(config["conf_dir"], [r["image_id"] for r in rows],
+                                              ["image_id", "png"]).items()}
+    per_worker = max(1, cfg.batch_size // world)
+    steps = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // per_worker)
+    bad: set = set()
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        order = rank_indices(len(rows), epoch, cfg.seed, rank, world)
+        losses, start = [], time.perf_counter()
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["initial_lr"], epoch * steps + step, steps * cfg.epochs)
+            x, y = _boundary_batch(rows, order[step * per_worker:(step + 1) * per_worker], conf, rng, cfg,
+                                   model_cfg, bad)
+            loss, _ = affinity_loss(net(x.to(device)), y.to(device), cfg.train_radius)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start}
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                _save_epoch(tmp, net, optimizer, epoch, metrics)
+                _save_epoch(os.path.join(config["epochs_dir"], f"epoch-{epoch:03d}"), net, optimizer, epoch, metrics)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+
+def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig, rows: list[dict],
+                   max_failures: int = 2) -> dict:
+    """Train (resume, or skip when finished) ``checkpoints/irn_<method>``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from wsss_ray.models.checkpoint import load_classifier
+    from wsss_ray.stages.train import latest_epoch_dir
+
+    out_dir = run.checkpoint(f"irn_{method}")
+    fs, _ = run.fs()
+    if exists(fs, f"{out_dir}/model.pt"):
+        return {"name": f"irn_{method}", "skipped": True}
+    epochs_dir = os.path.join(out_dir, "epochs")
+    config = {"refine": to_dict(cfg), "rows": rows, "classifier": checkpoint, "conf_dir": run.uri("conf", method),
+              "epochs_dir": epochs_dir, "resume_dir": latest_epoch_dir(epochs_dir)}
+    start = time.perf_counter()
+    trainer = TorchTrainer(
+        boundary_loop_per_worker, train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=f"irn_{method}", storage_path=run.path("ray_train"),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+    result = trainer.fit()
+    classifier, _, _ = load_classifier(checkpoint)
+    net = BoundaryNet(classifier.backbone)
+    last = latest_epoch_dir(epochs_dir)
+    net.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics["fit_seconds"] = time.perf_counter() - start
+    _save_head(net, {"classifier": checkpoint, "refine": to_dict(cfg), "train_metrics": metrics}, out_dir)
+    return {"name": f"irn_{method}", "skipped": False, **metrics}
+
+
+def _save_head(net: BoundaryNet, meta: dict, directory: str) -> None:
+    fs, path = open_fs(directory)
+    fs.create_dir(path, recursive=True)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in net.head_state().items()}, buf)
+    for name, data in (("model.json", json.dumps(meta, indent=1).encode()), ("model.pt", buf.getvalue())):
+        with fs.open_output_stream(f"{path}/_{name}") as out:
+            out.write(data)
+        fs.move(f"{path}/_{name}", f"{path}/{name}")     # model.pt last: it marks completion
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def mask_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) confusion of a label mask, via the seed metric at one dummy threshold: one
+    indicator plane per predicted class, so argmax([0.5, planes]) is the mask itself.
+    Pixels the mask leaves at 255 are left out (as GT's 255)."""
+    gt = np.where(pred == 255, 255, gt).astype(np.uint8)
+    present = [int(c) for c in np.unique(pred) if 0 < c < 255]
+    planes = np.stack([(pred == c).astype(np.float32) for c in present]) if present else np.zeros((0, *pred.shape))
+    return threshold_confusions(planes, gt, [c - 1 for c in present], num_classes, [0.5])[0]
+
+
+def confusions_of_mask_batch(batch: dict, masks: dict, num_classes: int) -> dict:
+    k = num_classes + 1
+    total, count = np.zeros((k, k), np.int64), 0
+    for image_id, png in zip(batch["image_id"], batch["png"]):
+        if masks.get(int(image_id)) is None:
+            continue
+        pred = decode_png(png)
+        total += mask_confusion(pred, gt_at(load_mask(masks[int(image_id)]), *pred.shape), num_classes)
+        count += 1
+    return {"confusion": total.reshape(1, -1), "count": np.array([count])}
+
+
+def evaluate_masks(run: RunDir, subdir: str, name: str, dataset: str, image_ids=None, extra: dict | None = None) -> dict:
+    """Score the mask shards under ``<run>/<subdir>`` against GT -> ``eval/<name>.json``."""
+    from wsss_ray.stages.evaluate import summarise
+    manifest, classes = read_manifest(run.manifest())
+    masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+    if image_ids is not None:
+        masks = {i: masks.get(i) for i in image_ids}
+    fs, path = open_fs(run.uri(*subdir.split("/")))
+    shards = list_shards(fs, path)
+    if not shards:
+        raise FileNotFoundError(f"no mask shards under {run.uri(subdir)}")
+    k = classes.num_classes + 1
+    ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
+    ds = ds.map_batches(confusions_of_mask_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes})
+    total, count = np.zeros((k, k), np.int64), 0
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        total += part["confusion"].sum(0).reshape(k, k)
+        count += int(part["count"].sum())
+    result = summarise(name, dataset, [0.5], total[None], count, list(classes.names))
+    result.update(extra or {})
+    run.write_json(run.eval_json(name), result)
+    return result
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _manifest_subset(run: RunDir, limit: int) -> tuple[pa.Table, list[dict]]:
+    """Labelled manifest rows (sorted by image_id, first ``limit``) and their training rows."""
+    manifest, _ = read_manifest(run.manifest())
+    rows = sorted((r for r in manifest.to_pylist() if r["labels"]), key=lambda r: r["image_id"])
+    rows = rows[:limit] if limit > 0 else rows
+    table = pa.Table.from_pylist(rows, schema=manifest.schema)
+    return table, [{"image_id": r["image_id"], "uri": r["uri"]} for r in rows]
+
+
+def _run_masks(run: RunDir, table: pa.Table, out_sub: tuple, factory, stage: str, cfg: RefineConfig,
+               strict: bool) -> dict:
+    output_dir = run.uri(*out_sub)
+    chunks = plan_chunks(table, cfg.chunk_size)
+    todo = pending_chunks(chunks, output_dir)
+    start = time.perf_counter()
+    stats = run_chunked(todo, factory, run.uri("errors", stage), stage, num_actors=cfg.num_actors,
+                        actor_cpus=cfg.actor_cpus, use_gpu=cfg.use_gpu, max_side=cfg.max_side, strict=strict)
+    return {"stage": stage, "chunks_total": len(chunks), "chunks_run": len(todo),
+            "images": int(sum(s["num_images"] for s in stats)), "errors": int(sum(s["num_errors"] for s in stats)),
+            "seconds": time.perf_counter() - start}
+
+
+def _seed_best(run: RunDir, method: str) -> dict:
+    path = run.eval_json(method)
+    return run.read_json(path)["best"] if run.exists(path) else {}
+
+
+def make_pseudo_masks(run_dir: str, method: str, cfg: RefineConfig = RefineConfig(), dataset: str = "",
+                      checkpoint: str = "", strict: bool = False, log=print) -> dict:
+    """Pseudo masks for ``maps/<method>`` and their evaluation; returns a summary dict."""
+    run = RunDir(absolute_root(run_dir))     # Ray workers have another working directory
+    maps_dir = run.uri("maps", method)
+    if not list_shards(*open_fs(maps_dir)):
+        raise FileNotFoundError(f"no map shards under {maps_dir}: extract maps/{method} first")
+    table, rows = _manifest_subset(run, cfg.limit)
+    crf = CRFParams(max_sources=cfg.crf_max_sources)
+    dataset = dataset or _dataset_name(run)
+    seed = _seed_best(run, method)
+    info: dict = {"method": method, "refiner": cfg.refiner, "images": len(rows)}
+    if cfg.refiner == "crf":
+        threshold = cfg.crf_threshold if cfg.crf_threshold >= 0 else float(seed.get("threshold", 0.15))
+        name = f"{method}_crf"
+        info["masks"] = _run_masks(run, table, ("masks", name), _Factory(
+            CrfProcessor, maps_dir=maps_dir, output_dir=run.uri("masks", name), threshold=threshold, crf=crf),
+            f"masks_{name}", cfg, strict)
+        info["threshold"] = threshold
+    elif cfg.refiner == "irn":
+        name = method
+        preset = conf_thresholds(method)
+        conf_fg = cfg.conf_fg if cfg.conf_fg >= 0 else preset[0]
+        conf_bg = cfg.conf_bg if cfg.conf_bg >= 0 else preset[1]
+        info["conf_fg_bg"] = (conf_fg, conf_bg)
+        log(f"confident labels for {method} at (fg {conf_fg}, bg {conf_bg}) ...")
+        info["conf"] = _run_masks(run, table, ("conf", method), _Factory(
+            ConfProcessor, maps_dir=maps_dir, output_dir=run.uri("conf", method), conf_fg=conf_fg, conf_bg=conf_bg,
+            crf=crf), f"conf_{method}", cfg, strict)
+        log(f"boundary head for {method} (Ray Train, {cfg.num_workers} workers) ...")
+        info["train"] = train_boundary(run, method, checkpoint or run.uri("checkpoints", "cam"), cfg, rows)
+        walk = WalkParams(cfg.walk_radius, cfg.beta, cfg.exp_times, cfg.bg_threshold, cfg.cam_power)
+        log(f"random walk for {method} ...")
+        info["masks"] = _run_masks(run, table, ("masks", name), _Factory(
+            WalkProcessor, maps_dir=maps_dir, output_dir=run.uri("masks", name),
+            irn_dir=run.uri("checkpoints", f"irn_{method}"), walk=walk, use_gpu=cfg.use_gpu),
+            f"masks_{name}", cfg, strict)
+    else:
+        raise ValueError(f"unknown refiner {cfg.refiner!r}: irn or crf")
+    ids = [r["image_id"] for r in rows]
+    result = evaluate_masks(run, f"masks/{name}", f"pseudo_{name}", dataset, ids,
+                            {"kind": "pseudo_mask", "refiner": cfg.refiner, "seed_best": seed,
+                             "refine": to_dict(cfg)})
+    if cfg.limit > 0 and seed:
+        # the seed's mIoU on the same subset, so the comparison is like for like
+        from wsss_ray.config import EvalConfig
+        from wsss_ray.stages.evaluate import evaluate_maps
+        sub = evaluate_maps(run, method, dataset, EvalConfig(thresholds=(seed["threshold"],)), ids, write=False)
+        info["seed_miou_subset"] = sub["best"]["miou"]
+    info.update(pseudo_miou=result["best"]["miou"], seed_miou=seed.get("miou"), num_images=result["num_images"])
+    return info
+
+
+def _dataset_name(run: RunDir) -> str:
+    path = run.path("config.json")
+    if run.exists(path):
+        ds = run.read_json(path).get("dataset", {})
+        return ds.get("kind", "") if not ds.get("class_subset") else f"{ds['kind']}:{ds['class_subset']}"
+    return ""
