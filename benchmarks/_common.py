@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -140,39 +141,52 @@ def wait_for_quiet(max_wait_s: float = 600.0, threshold: float = 0.15) -> dict:
 
 
 class OtherLoad:
-    """CPU seconds spent by processes outside this benchmark while it runs (approximate:
-    children that exit before the end are counted as 'other')."""
+    """CPU seconds spent by processes outside this benchmark while it runs. A thread samples
+    this process's descendants every 0.5 s, so Ray workers that exit before the end still
+    count as ours (up to their last 0.5 s)."""
 
     def __enter__(self):
         import psutil
-        self.start_wall, self.start_busy = time.perf_counter(), self._system_busy()
-        self.start_mine = self._mine()
         self.cores = psutil.cpu_count() or 1
+        self.seen: dict[tuple[int, float], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.start_wall, self.start_busy, self.start_mine = time.perf_counter(), _system_busy(), self._mine()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
         wall = time.perf_counter() - self.start_wall
-        other = (self._system_busy() - self.start_busy) - (self._mine() - self.start_mine)
-        self.report = {"wall_s": wall, "other_cpu_s": max(other, 0.0),
-                       "other_busy_fraction": max(other, 0.0) / (wall * self.cores) if wall > 0 else 0.0}
+        other = max((_system_busy() - self.start_busy) - (self._mine() - self.start_mine), 0.0)
+        self.report = {"wall_s": wall, "other_cpu_s": other,
+                       "other_busy_fraction": other / (wall * self.cores) if wall > 0 else 0.0}
 
-    @staticmethod
-    def _system_busy() -> float:
-        import psutil
-        t = psutil.cpu_times()
-        return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    def _watch(self):
+        while not self.stop.wait(0.5):
+            self._sample()
 
-    @staticmethod
-    def _mine() -> float:
+    def _sample(self):
         import psutil
-        me = psutil.Process()
-        total = sum(me.cpu_times()[:4])          # self + waited-for children
-        for child in me.children(recursive=True):
+        for child in psutil.Process().children(recursive=True):
             try:
-                total += sum(child.cpu_times()[:2])
+                t = child.cpu_times()
+                self.seen[(child.pid, child.create_time())] = t.user + t.system
             except psutil.Error:
                 pass
-        return total
+
+    def _mine(self) -> float:
+        import psutil
+        self._sample()
+        t = psutil.Process().cpu_times()
+        return t.user + t.system + sum(self.seen.values())
+
+
+def _system_busy() -> float:
+    import psutil
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def add_load_args(parser) -> None:

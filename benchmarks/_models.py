@@ -61,11 +61,13 @@ def scale_inputs(images: torch.Tensor, scales=SCALES, flip: bool = True) -> list
 
 
 def coco_rows(run_dir: str, root: str, split: str, limit: int, class_subset: str = "voc20") -> tuple[list[dict], int]:
-    """A COCO manifest (GT masks painted) in ``run_dir``; returns (rows, num_classes)."""
+    """A fresh COCO manifest (GT masks painted) in ``run_dir``; returns (rows, num_classes)."""
+    import shutil
     from wsss_ray.config import DatasetConfig
     from wsss_ray.data.manifest import read_manifest
     from wsss_ray.rundir import RunDir
     from wsss_ray.stages.manifest import build_manifest
+    shutil.rmtree(run_dir, ignore_errors=True)      # the manifest stage would reuse an older one
     run = RunDir(run_dir)
     build_manifest(run, DatasetConfig(kind="coco", root=root, split=split, class_subset=class_subset, limit=limit))
     table, classes = read_manifest(run.manifest())

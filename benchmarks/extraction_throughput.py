@@ -27,7 +27,8 @@ def parse_args():
     p.add_argument("--effnet-batch", type=int, default=4)
     p.add_argument("--effnet-size", default="448x336", help="WIDTHxHEIGHT of the EfficientNet-Lite0 batch")
     p.add_argument("--threads", default="1,2", help="torch thread counts for (a) and (b)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (tiny)")
+    p.add_argument("--effnet-repeats", type=int, default=1, help="timed runs per measurement, no warm-up (effnet)")
     p.add_argument("--stage-images", type=int, default=320)
     p.add_argument("--stage-actors", default="1,2")
     p.add_argument("--stage-repeats", type=int, default=1)
@@ -52,7 +53,8 @@ def map_call(fn, images: torch.Tensor, classes: list, out_size: tuple) -> None:
         fn(images, classes, out_size)
 
 
-def compare_batch(name: str, model, images: torch.Tensor, classes: list, threads: list[int], repeats: int) -> dict:
+def compare_batch(name: str, model, images: torch.Tensor, classes: list, threads: list[int], repeats: int,
+                  warmup: int = 1) -> dict:
     """(a) bare forward and (b) CAM map function on one batch, per thread count."""
     inputs = scale_inputs(images, SCALES, True)
     fn = build_map_fn("cam", model, {"scales": SCALES, "flip": True})
@@ -62,8 +64,8 @@ def compare_batch(name: str, model, images: torch.Tensor, classes: list, threads
     result = {"batch_shape": list(images.shape), "by_threads": {}}
     for t in threads:
         torch.set_num_threads(t)
-        bare = timed(lambda: bare_forward(model, inputs), repeats)
-        full = timed(lambda: map_call(fn, images, classes, out_size), repeats)
+        bare = timed(lambda: bare_forward(model, inputs), repeats, warmup)
+        full = timed(lambda: map_call(fn, images, classes, out_size), repeats, warmup)
         row = {"bare_forward": bare, "cam_map_fn": full,
                "bare_images_per_s": n / bare["median_s"], "map_fn_images_per_s": n / full["median_s"]}
         row["map_fn_over_bare"] = ratio(row["map_fn_images_per_s"], row["bare_images_per_s"])
@@ -85,7 +87,8 @@ def effnet_case(args, threads) -> dict:
     model, _ = effnet_model()
     images = random_batch(args.effnet_batch, height, width)
     classes = [[0, 5]] * args.effnet_batch       # two GT classes per image
-    return compare_batch(f"efficientnet_lite0 @{width}x{height}", model, images, classes, threads, args.repeats)
+    return compare_batch(f"efficientnet_lite0 @{width}x{height}", model, images, classes, threads,
+                         args.effnet_repeats, warmup=0)
 
 
 # ------------------------------------------------------------------ (c): the Ray Data stage

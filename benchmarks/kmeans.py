@@ -35,6 +35,7 @@ def parse_args():
     p.add_argument("--max-side", type=int, default=448)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--synthetic", action="store_true", help="gaussian mixture instead of real features")
+    p.add_argument("--tag", default="", help="write results/kmeans_<tag>.json instead of results/kmeans.json")
     p.add_argument("--cache", default="/tmp/wsss_bench/kmeans_features_{max_side}.npy",
                    help="real features are kept here between runs ('' = no cache)")
     add_load_args(p)
@@ -169,7 +170,7 @@ def main() -> None:
     source = (f"EfficientNet-Lite0 ImageNet features of coco_tiny at max side {args.max_side}" if real
               else "gaussian mixture (40 centres)")
     print(f"features: {points.shape} from {source} ({feature_seconds:.1f}s to compute or load)", flush=True)
-    measured("kmeans", args, lambda: {"features": {"shape": list(points.shape), "source": source},
+    measured("kmeans" + (f"_{args.tag}" if args.tag else ""), args, lambda: {"features": {"shape": list(points.shape), "source": source},
                                       "by_k": {k: compare(points, int(k), args) for k in args.ks.split(",")}})
 
 

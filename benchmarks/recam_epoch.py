@@ -32,8 +32,8 @@ from wsss_ray.stages.train import build_optimizer, classifier_loss
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny-steps", type=int, default=10, help="batches per timed pass")
-    p.add_argument("--effnet-steps", type=int, default=3)
+    p.add_argument("--tiny-steps", type=int, default=20, help="batches per timed pass")
+    p.add_argument("--effnet-steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed passes per setting")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-effnet", action="store_true")

@@ -29,7 +29,7 @@ def parse_args(argv=None):
                    help="what the search and ASHA maximise; sel_miou = the fair protocol's selection subset")
     p.add_argument("--cpus-per-trial", type=float, default=0.5)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--report-every", type=int, default=16, help="images per progressive report to Tune")
+    p.add_argument("--reports", type=int, default=8, help="progressive reports to Tune per trial (ASHA's time unit)")
     p.add_argument("--grid", default="", help='JSON grid for --search grid, e.g. {"tau": [0.1, 0.2], "k": [8]}')
     p.add_argument("--no-baseline", action="store_true", help="do not evaluate the run's own LPCAM config first")
     p.add_argument("--fused-dtype", default="float16", choices=["float16", "float32"])
@@ -42,7 +42,7 @@ if __name__ == "__main__":
     args = parse_args()
     start_ray(args.dashboard)
     summary = run_lpcam_sweep(args.run_dir, args.num_samples, args.search, args.scheduler, args.name,
-                              args.cpus_per_trial, args.max_concurrent, args.report_every, args.seed,
+                              args.cpus_per_trial, args.max_concurrent, args.reports, args.seed,
                               metric=args.metric, baseline=not args.no_baseline,
                               grid=json.loads(args.grid) if args.grid else None, fused_dtype=args.fused_dtype)
     print(json.dumps({k: summary[k] for k in ("trials", "complete", "papers_protocol", "fair", "timings_s")},

@@ -201,6 +201,7 @@ def test_boundary_net_shapes_and_frozen_backbone():
     net = BoundaryNet(build_backbone("tiny", "none"))
     out = net(torch.zeros(2, 3, 50, 45))
     assert out.shape == (2, 1, 13, 12)
+    assert BoundaryNet(build_backbone("tiny", "none"), stride=2)(torch.zeros(1, 3, 50, 45)).shape == (1, 1, 25, 23)
     assert all(not p.requires_grad for p in net.backbone.parameters())
     assert not any(k.startswith("backbone.") for k in net.head_state())
 

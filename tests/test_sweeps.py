@@ -91,7 +91,7 @@ def test_lpcam_sweep_two_trials(sweep_run):
     run_dir, cfg = sweep_run
     # fifo: both trials run to the end (ASHA could stop either one at its first milestone)
     summary = run_lpcam_sweep(run_dir, num_samples=2, search="random", scheduler="fifo", name="t",
-                              report_every=32)
+                              reports=3)
     out = Path(run_dir, "sweeps", "t")
     rows = pd.read_csv(out / "results.csv")
     assert len(rows) == 2 and len(pq.read_table(out / "results.parquet")) == 2

@@ -80,21 +80,26 @@ def tap_modules(backbone: nn.Module) -> list[nn.Module]:
 
 class BoundaryNet(nn.Module):
     """A boundary head on a frozen backbone: each tapped stage -> 1x1 conv (16 ch), resized
-    to stride 4; a two-layer stride-4 stem on the image adds colour edges the frozen stages
-    may have pooled away; a 3x3 + 1x1 fuse gives boundary logits at stride 4."""
+    to the output stride; a two-layer stem on the image adds colour edges the frozen stages
+    may have pooled away; a 3x3 + 1x1 fuse gives boundary logits.
 
-    stride = 4
+    ``stride`` is the output (and random-walk) grid: IRN's 4, or 2 / 1 for small images
+    (the 112 px demo world: at stride 4 its objects span a handful of cells)."""
 
-    def __init__(self, backbone: nn.Module, width: int = 16):
+    def __init__(self, backbone: nn.Module, width: int = 16, stride: int = 4):
         super().__init__()
+        if stride not in (1, 2, 4):
+            raise ValueError(f"boundary stride must be 1, 2 or 4, got {stride}")
+        self.stride = stride
         self.backbone = backbone
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.taps = tap_modules(backbone)
         dims = [f.shape[1] for f in self._tapped(torch.zeros(1, 3, 64, 64))]
         self.reduce = nn.ModuleList(nn.Sequential(nn.Conv2d(d, width, 1), nn.ReLU(inplace=True)) for d in dims)
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(inplace=True))
+        s1, s2 = min(stride, 2), max(stride // 2, 1)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, s1, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, width, 3, s2, 1), nn.ReLU(inplace=True))
         self.fuse = nn.Sequential(nn.Conv2d(width * (len(dims) + 1), 2 * width, 3, 1, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(2 * width, 1, 1))
 
@@ -114,7 +119,7 @@ class BoundaryNet(nn.Module):
         return outs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Boundary logits (N, 1, ceil(H/4), ceil(W/4))."""
+        """Boundary logits (N, 1, ceil(H/stride), ceil(W/stride))."""
         size = (-(-images.shape[2] // self.stride), -(-images.shape[3] // self.stride))
         parts = [F.interpolate(r(f), size=size, mode="bilinear", align_corners=False)
                  for r, f in zip(self.reduce, self._tapped(images))]
@@ -185,10 +190,13 @@ class WalkParams:
 
 def rw_pseudo_mask(maps: torch.Tensor, boundary: torch.Tensor, classes, height: int, width: int,
                    params: WalkParams = WalkParams()) -> np.ndarray:
-    """Strided maps (c, h, w) of ``classes`` + boundary (h, w) -> label mask (H, W) uint8."""
+    """Strided maps (c, h', w') of ``classes`` + boundary (h, w) -> label mask (H, W) uint8.
+    The walk runs on the boundary's grid (maps resized to it bilinearly when they differ)."""
     keys = keys_of(classes)
     if maps.shape[0] == 0:
         return np.zeros((height, width), np.uint8)
+    if maps.shape[1:] != boundary.shape:
+        maps = F.interpolate(maps[None].float(), size=boundary.shape, mode="bilinear", align_corners=False)[0]
     rw = propagate(maps.float().pow(params.cam_power), boundary.float(), params.radius, params.beta,
                    params.exp_times)
     scale = max(-(-height // maps.shape[1]), -(-width // maps.shape[2]))   # the map stride (IRN: x4, crop)

@@ -91,16 +91,26 @@ def _pairs(offsets, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor,
 
 def transition_sparse(field: torch.Tensor, offsets, beta: float) -> torch.Tensor:
     """T^T as a sparse CSR (N, N): row j holds T_ij = a_ij^beta / sum_i a_ij^beta over the
-    neighbours i of j, so ``T^T @ x`` is one step of ``x T`` (column-normalised, as IRN)."""
+    neighbours i = j + o_k of j, so ``T^T @ x`` is one step of ``x T`` (column-normalised,
+    as IRN). Built straight from the (K, H, W) field: offsets sorted by (dy, dx) give each
+    row's columns in increasing order, so no COO sort is needed (int32 indices)."""
     _, h, w = field.shape
-    k, j, i = _pairs(offsets, h, w, field.device)
-    vals = field[k, j // w, j % w].pow(beta)
-    col_sum = torch.zeros(h * w, dtype=field.dtype, device=field.device).index_add_(0, j, vals)
-    vals = vals / col_sum[j].clamp_min(1e-20)
-    coo = torch.sparse_coo_tensor(torch.stack([j, i]), vals, (h * w, h * w), check_invariants=False).coalesce()
+    order = sorted(range(len(offsets)), key=lambda k: offsets[k])
+    ys = torch.arange(h, device=field.device)[:, None]
+    xs = torch.arange(w, device=field.device)[None, :]
+    valid = torch.stack([((ys + dy >= 0) & (ys + dy < h) & (xs + dx >= 0) & (xs + dx < w))
+                         for dy, dx in (offsets[k] for k in order)])                      # (K, H, W)
+    vals = field[order].pow(beta) * valid
+    vals = vals / vals.sum(0, keepdim=True).clamp_min(1e-20)
+    valid, vals = valid.flatten(1).T, vals.flatten(1).T                                    # (N, K), row j
+    linear = torch.tensor([offsets[k][0] * w + offsets[k][1] for k in order], dtype=torch.int32,
+                          device=field.device)
+    cols = torch.arange(h * w, dtype=torch.int32, device=field.device)[:, None] + linear[None, :]
+    crow = torch.zeros(h * w + 1, dtype=torch.int32, device=field.device)
+    crow[1:] = valid.sum(1).cumsum(0)
     with warnings.catch_warnings():      # "CSR support is in beta": CSR SpMM is what we want
         warnings.simplefilter("ignore", UserWarning)
-        return coo.to_sparse_csr()
+        return torch.sparse_csr_tensor(crow, cols[valid], vals[valid], (h * w, h * w), check_invariants=False)
 
 
 def transition_dense(field: torch.Tensor, offsets, beta: float) -> torch.Tensor:

@@ -66,12 +66,13 @@ class RefineConfig:
     resize_long: tuple = (320, 640)
     crop_size: int = 512              # 0 = whole images (padded to the batch's largest)
     hflip: bool = True
-    train_radius: int = 10
+    train_radius: int = 10            # in cells of the boundary grid
+    net_stride: int = 4               # boundary / walk grid (IRN: 4; the 112 px demo: 2)
     # random walk
     walk_radius: int = 5
     beta: float = 10.0
     exp_times: int = 8
-    bg_threshold: float = 0.25
+    bg_threshold: float = 0.25        # < 0: the method's best seed threshold (eval/<method>.json)
     cam_power: float = 1.0
     # execution
     num_workers: int = 2
@@ -87,8 +88,12 @@ class RefineConfig:
 REFINE_PRESETS = {
     "voc": RefineConfig(),
     "coco": RefineConfig(max_side=448),
-    "demo": RefineConfig(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, resize_long=(112, 112), crop_size=0),
-    "quick": RefineConfig(epochs=1, batch_size=8, optimizer="adam", lr=2e-3, resize_long=(112, 112), crop_size=0),
+    # the 112 px demo world: a stride-2 grid (at IRN's stride 4 objects span a few cells), the
+    # boundary threshold at the seed's own best threshold (its maps peak far above VOC's 0.15)
+    "demo": RefineConfig(epochs=4, batch_size=8, optimizer="adam", lr=1e-3, resize_long=(112, 112), crop_size=0,
+                         net_stride=2, bg_threshold=-1.0),
+    "quick": RefineConfig(epochs=2, batch_size=8, optimizer="adam", lr=2e-3, resize_long=(112, 112), crop_size=0,
+                          net_stride=2, bg_threshold=-1.0),
 }
 
 
@@ -226,7 +231,7 @@ def load_boundary_net(irn_dir: str):
     with fs.open_input_stream(f"{path}/model.json") as f:
         meta = json.loads(f.read().decode())
     classifier, model_cfg, _ = load_classifier(meta["classifier"])
-    net = BoundaryNet(classifier.backbone)
+    net = BoundaryNet(classifier.backbone, stride=int(meta["refine"].get("net_stride", 4)))
     missing, unexpected = net.load_state_dict(load_state(irn_dir), strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):
         raise ValueError(f"{irn_dir}: boundary head does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -258,7 +263,7 @@ def _boundary_batch(rows, idx, conf: dict, rng, cfg: RefineConfig, model_cfg, ba
         side = max(cfg.crop_size, 16)
         xs, ys = [np.zeros((3, side, side), np.float32)], [np.full((side, side), 255, np.uint8)]
     x, y, _ = pad_batch(xs, ys)
-    return x, torch.from_numpy(np.stack([downsample_labels(label.numpy()) for label in y]))
+    return x, torch.from_numpy(np.stack([downsample_labels(label.numpy(), cfg.net_stride) for label in y]))
 
 
 def boundary_loop_per_worker(config: dict) -> None:
@@ -274,7 +279,7 @@ def boundary_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.seed)
     classifier, model_cfg, _ = load_classifier(config["classifier"])
-    net = BoundaryNet(classifier.backbone)
+    net = BoundaryNet(classifier.backbone, stride=cfg.net_stride)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
@@ -343,7 +348,7 @@ def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)))
     result = trainer.fit()
     classifier, _, _ = load_classifier(checkpoint)
-    net = BoundaryNet(classifier.backbone)
+    net = BoundaryNet(classifier.backbone, stride=cfg.net_stride)
     last = latest_epoch_dir(epochs_dir)
     net.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
@@ -474,7 +479,9 @@ def make_pseudo_masks(run_dir: str, method: str, cfg: RefineConfig = RefineConfi
             crf=crf), f"conf_{method}", cfg, strict)
         log(f"boundary head for {method} (Ray Train, {cfg.num_workers} workers) ...")
         info["train"] = train_boundary(run, method, checkpoint or run.uri("checkpoints", "cam"), cfg, rows)
-        walk = WalkParams(cfg.walk_radius, cfg.beta, cfg.exp_times, cfg.bg_threshold, cfg.cam_power)
+        bg_threshold = cfg.bg_threshold if cfg.bg_threshold >= 0 else float(seed.get("threshold", 0.25))
+        info["bg_threshold"] = bg_threshold
+        walk = WalkParams(cfg.walk_radius, cfg.beta, cfg.exp_times, bg_threshold, cfg.cam_power)
         log(f"random walk for {method} ...")
         info["masks"] = _run_masks(run, table, ("masks", name), _Factory(
             WalkProcessor, maps_dir=maps_dir, output_dir=run.uri("masks", name),

@@ -27,7 +27,7 @@ from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.refine import (MASKS_SCHEMA, _Factory, _image_at, _dataset_name, decode_png, evaluate_masks,
                                     mask_row, read_rows)
-from wsss_ray.store import exists, list_shards, open_fs, write_table_atomic
+from wsss_ray.store import exists, open_fs, write_table_atomic
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

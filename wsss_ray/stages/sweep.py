@@ -410,7 +410,7 @@ def lpcam_trial(config: dict, ctx: dict) -> None:
     faiss.omp_set_num_threads(ctx["threads"])
     run = RunDir(ctx["run_dir"])
     cfg = trial_lpcam_config(ctx["base_lpcam"], config)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bank = trial_bank(run, cfg)
     prototypes_s = time.perf_counter() - start
     meta, acc = image_meta(run), FairAccumulator(ctx["thresholds"], ctx["num_classes"], set(ctx["selection"]))
@@ -423,7 +423,8 @@ def lpcam_trial(config: dict, ctx: dict) -> None:
         acc.add(image_id, image_confusion(stored, m, masks[image_id], ctx["num_classes"], ctx["thresholds"]))
         done += 1
         if done % ctx["report_every"] == 0 or done == len(masks):
-            tune.report(dict(acc.metrics(), complete=done == len(masks), prototypes_s=prototypes_s))
+            tune.report(dict(acc.metrics(), complete=done == len(masks), prototypes_s=prototypes_s,
+                             cpu_s=time.process_time() - cpu_start))
 
 
 # ----------------------------------------------------------------------------- search spaces
@@ -458,6 +459,8 @@ def make_search(kind: str, metric: str, seed: int, baseline: dict | None, max_co
 def make_scheduler(kind: str, max_t: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     if kind == "asha":
+        # rungs at grace * 2^i below max_t: with 8 reports a trial is judged after 1/4 and 1/2 of
+        # the images, and one that passes both runs to the end (no rung just short of it)
         return ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=max(1, max_t // 4),
                              reduction_factor=2)
     if kind == "fifo":
@@ -487,7 +490,7 @@ def result_rows(grid, knobs) -> list[dict]:
         m = res.metrics or {}
         row = {"trial_id": m.get("trial_id", ""), **{k: res.config.get(k) for k in knobs}}
         for key in ("miou", "best_threshold", "sel_miou", "sel_threshold", "report_miou", "images", "complete",
-                    "training_iteration", "time_total_s"):
+                    "training_iteration", "time_total_s", "cpu_s"):
             row[key] = m.get(key)
         row["error"] = str(res.error)[:300] if res.error else ""
         row["trial_dir"] = res.path
@@ -554,7 +557,7 @@ def start_ray(dashboard: bool = False) -> None:
 
 
 def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random", scheduler: str = "asha",
-                    name: str = "", cpus_per_trial: float = 0.5, max_concurrent: int = 2, report_every: int = 16,
+                    name: str = "", cpus_per_trial: float = 0.5, max_concurrent: int = 2, reports: int = 8,
                     seed: int = 0, selection_fraction: float = 0.5, metric: str = "miou", baseline: bool = True,
                     grid: dict | None = None, fused_dtype: str = "float16") -> dict:
     """LPCAM post-processing sweep over ``KNOBS`` on a finished run's cached artifacts."""
@@ -573,12 +576,12 @@ def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random",
     _, classes = read_manifest(run.manifest())
     ctx = {"run_dir": run.root if "://" in run.root else os.path.abspath(run.root), "base_lpcam": to_dict(cfg["lpcam"]),
            "thresholds": list(cfg["eval"].thresholds), "num_classes": classes.num_classes, "selection": selection,
-           "masks": masks, "stride": cfg["cam"].store_stride, "report_every": max(1, report_every),
+           "masks": masks, "stride": cfg["cam"].store_stride, "report_every": -(-len(masks) // max(1, reports)),
            "order_seed": seed, "fused_dtype": cache.get("fused_dtype", fused_dtype),
            "threads": max(1, math.floor(cpus_per_trial))}
     base = {k: getattr(cfg["lpcam"], k) for k in KNOBS}
     trainable = tune.with_resources(tune.with_parameters(lpcam_trial, ctx=ctx), {"cpu": cpus_per_trial})
-    reports = -(-len(masks) // ctx["report_every"])
+    reports = -(-len(masks) // ctx["report_every"])     # ASHA's rungs: 2, 4 of 8 reports by default
     tuner = tune.Tuner(
         trainable, param_space=search_space(search, grid),
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=1 if search == "grid" else num_samples,
