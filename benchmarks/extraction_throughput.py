@@ -10,7 +10,6 @@ Targets: (b)/(a) and (c)/(a) >= 0.8; 2 actors / 1 actor = 1.8x where the hardwar
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 
 import torch
@@ -186,5 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     main()

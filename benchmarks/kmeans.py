@@ -116,6 +116,7 @@ def theirs(points: np.ndarray, k: int, cap: int, budget: float, seed: int = 0) -
     IterationMeter.cap, IterationMeter.budget = cap, budget
     np.random.seed(seed)                             # its initialisation uses numpy's global RNG
     x = torch.from_numpy(points)
+    cpu = os.times()
     start = time.perf_counter()
     converged = True
     try:
@@ -125,15 +126,23 @@ def theirs(points: np.ndarray, k: int, cap: int, budget: float, seed: int = 0) -
         converged, centres, assign = False, None, None
     seconds = time.perf_counter() - start
     its = IterationMeter.last.iterations
-    return {"seconds": seconds, "iterations": its, "converged": converged, "seconds_per_iteration": seconds / its,
+    return {"seconds": seconds, **cpu_split(cpu), "iterations": its, "converged": converged,
+            "seconds_per_iteration": seconds / its,
             "mean_cosine_to_centre": mean_cosine(points, assign, centres) if converged else None}
 
 
 def ours(points: np.ndarray, k: int, iters: int, seed: int = 0) -> dict:
+    cpu = os.times()
     clusters, seconds = stopwatch(spherical_kmeans, points, k, iters, seed, False)
-    return {"seconds": seconds, "iterations": iters, "clusters": len(clusters.sizes),
+    return {"seconds": seconds, **cpu_split(cpu), "iterations": iters, "clusters": len(clusters.sizes),
             "seconds_per_iteration": seconds / iters,
             "mean_cosine_to_centre": mean_cosine(points, clusters.assign, clusters.prototypes)}
+
+
+def cpu_split(before) -> dict:
+    """User and kernel CPU seconds of this process since ``before`` (an os.times())."""
+    now = os.times()
+    return {"cpu_user_s": now.user - before.user, "cpu_system_s": now.system - before.system}
 
 
 def mean_cosine(points: np.ndarray, assign: np.ndarray, centres: np.ndarray) -> float:
@@ -153,6 +162,7 @@ def compare(points: np.ndarray, k: int, args) -> dict:
     show("ours (faiss) seconds", mine["seconds"], f"({args.our_iters} iterations)")
     state = "converged" if other["converged"] else "stopped, not converged"
     show("kmeans-pytorch seconds", other["seconds"], f"({other['iterations']} iterations, {state})")
+    show("kmeans-pytorch CPU user / kernel seconds", f"{other['cpu_user_s']:.1f} / {other['cpu_system_s']:.1f}")
     show("speed-up" + (" (lower bound)" if row["speedup_is_lower_bound"] else ""), row["speedup"], "x")
     show("speed-up per iteration", row["speedup_per_iteration"], "x")
     return row

@@ -12,6 +12,7 @@ number of images doubles.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import threading
@@ -29,6 +30,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=480, help="the larger run; the smaller has half")
     p.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, seconds")
+    p.add_argument("--repeats", type=int, default=2, help="prototype-stage runs per size")
     p.add_argument("--work-dir", default="/tmp/wsss_bench/prototypes")
     add_load_args(p)
     return p.parse_args()
@@ -37,6 +39,7 @@ def parse_args():
 # ------------------------------------------------------------------ memory sampling
 
 SYSTEM_TITLES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}     # Ray's own agents, not workers
+STAGE_WORK = ("ChunkActor", "decode_chunk", "cluster_class")          # processes running the stage's code
 
 
 def ray_workers() -> list[tuple[int, str, int]]:
@@ -55,12 +58,14 @@ def ray_workers() -> list[tuple[int, str, int]]:
 
 
 class RssSampler:
-    """Background thread: peak RSS per worker title, of any one worker, and of all summed."""
+    """Background thread: peak RSS per worker title; of any one worker and of all summed,
+    over every worker and over the workers running the stage's own code (STAGE_WORK)."""
 
     def __init__(self, interval: float):
         self.interval, self.stop_flag = interval, threading.Event()
         self.peak_by_title: dict[str, int] = {}
-        self.peak_single = self.peak_total = self.samples = 0
+        self.peaks = {"single": 0, "total": 0, "stage_single": 0, "stage_total": 0}
+        self.samples = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -68,10 +73,16 @@ class RssSampler:
             workers = ray_workers()
             for _, title, rss in workers:
                 self.peak_by_title[title] = max(self.peak_by_title.get(title, 0), rss)
-            self.peak_single = max([self.peak_single, *(rss for _, _, rss in workers)])
-            self.peak_total = max(self.peak_total, sum(rss for _, _, rss in workers))
+            stage = [rss for _, title, rss in workers if any(w in title for w in STAGE_WORK)]
+            self._peak("single", max([0, *(rss for _, _, rss in workers)]))
+            self._peak("total", sum(rss for _, _, rss in workers))
+            self._peak("stage_single", max([0, *stage]))
+            self._peak("stage_total", sum(stage))
             self.samples += 1
             self.stop_flag.wait(self.interval)
+
+    def _peak(self, key: str, value: int) -> None:
+        self.peaks[key] = max(self.peaks[key], value)
 
     def __enter__(self):
         self.thread.start()
@@ -83,8 +94,10 @@ class RssSampler:
 
     def report(self) -> dict:
         mib = 1 / 2**20
-        return {"samples": self.samples, "peak_single_worker_mib": self.peak_single * mib,
-                "peak_all_workers_mib": self.peak_total * mib,
+        return {"samples": self.samples, "peak_single_worker_mib": self.peaks["single"] * mib,
+                "peak_all_workers_mib": self.peaks["total"] * mib,
+                "peak_stage_worker_mib": self.peaks["stage_single"] * mib,
+                "peak_stage_workers_sum_mib": self.peaks["stage_total"] * mib,
                 "peak_by_title_mib": {t: v * mib for t, v in sorted(self.peak_by_title.items())},
                 "driver_rss_mib": psutil.Process().memory_info().rss * mib}
 
@@ -124,6 +137,35 @@ def prototype_stage(run: RunDir, checkpoint: str, cfg, interval: float) -> dict:
             "feature_bytes": dir_bytes(run.path("features")), "memory": sampler.report()}
 
 
+def compute_only(run: RunDir, checkpoint: str, cfg, work_dir: str) -> dict:
+    """The same work without Ray: FeatureProcessor over every chunk in this process (decoding
+    included), then cluster_class for every class. Separates computation from Ray overhead."""
+    import pyarrow as pa
+    import torch
+    from wsss_ray.data.manifest import read_manifest
+    from wsss_ray.stages.chunks import decode_chunk, plan_chunks, unpack_images
+    from wsss_ray.stages.prototypes import FeatureProcessor, cluster_class, sample_images
+    manifest, classes = read_manifest(run.manifest())
+    chosen = sample_images(manifest, classes.num_classes, cfg.lpcam.images_per_class, cfg.lpcam.seed)
+    manifest = manifest.append_column("sample_classes", pa.array(
+        [chosen.get(i, []) for i in manifest.column("image_id").to_pylist()], pa.list_(pa.int32())))
+    out_dir = os.path.join(work_dir, "compute_only_features")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    torch.set_num_threads(1)                             # one actor = one CPU
+    start = time.perf_counter()
+    processor = FeatureProcessor(checkpoint, run.uri("maps", "cam"), out_dir, cfg.lpcam, cfg.cam)
+    for chunk in plan_chunks(manifest, 32):
+        batch = decode_chunk({"chunk_id": [chunk["chunk_id"]], "rows_json": [chunk["rows_json"]]})
+        with torch.no_grad():
+            processor.process(chunk["chunk_id"], json.loads(chunk["rows_json"]), unpack_images(batch["images"][0]))
+    features = time.perf_counter() - start
+    dim = processor.model.backbone.out_channels
+    _, clustering = stopwatch(lambda: [cluster_class(out_dir, c, dim, cfg.lpcam.k, cfg.lpcam.kmeans_iters,
+                                                     cfg.lpcam.seed, False) for c in range(classes.num_classes)])
+    return {"images": manifest.num_rows, "features_s": features, "clustering_s": clustering,
+            "seconds": features + clustering, "features_ms_per_image": 1000 * features / manifest.num_rows}
+
+
 def dir_bytes(directory: str) -> int:
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(directory) for n in names)
 
@@ -135,6 +177,30 @@ def half_run(args, full: RunDir) -> RunDir:
     return run
 
 
+def clear_outputs(run: RunDir) -> None:
+    """Remove the stage's outputs so a repeat recomputes everything (it skips finished chunks)."""
+    for part in ("features", "prototypes", "errors/features"):
+        shutil.rmtree(run.path(*part.split("/")), ignore_errors=True)
+
+
+MEMORY_KEYS = ("peak_stage_worker_mib", "peak_stage_workers_sum_mib", "peak_single_worker_mib", "peak_all_workers_mib")
+
+
+def combine(runs: list[dict]) -> dict:
+    """Fastest repeat's time (load from other jobs only adds), largest memory peaks."""
+    fastest = min(runs, key=lambda r: r["seconds"])
+    return {"seconds": fastest["seconds"], "parts_seconds": fastest["parts_seconds"],
+            "num_prototypes": fastest["num_prototypes"], "feature_bytes": fastest["feature_bytes"],
+            **{key: max(r["memory"][key] for r in runs) for key in MEMORY_KEYS}, "runs": runs}
+
+
+def summarise(train: dict, small: dict, large: dict) -> dict:
+    growth = lambda key: ratio(large[key], small[key]) - 1
+    return {"stage_over_training": ratio(large["seconds"], train["wall_seconds"]),
+            "stage_seconds_growth": growth("seconds"), "feature_bytes_growth": growth("feature_bytes"),
+            **{key.replace("_mib", "_growth"): growth(key) for key in MEMORY_KEYS}}
+
+
 def run_all(args) -> dict:
     cfg = demo_config(os.path.join(args.work_dir, "unused"))
     full = prepare_run(os.path.join(args.work_dir, f"run{args.images}"), args.images)
@@ -143,24 +209,27 @@ def run_all(args) -> dict:
     checkpoint, train = train_and_extract(full, cfg)
     train["images"] = args.images
     show("training wall seconds", train["wall_seconds"])
-    runs = {}
-    for label, run in ((str(args.images // 2), half_run(args, full)), (str(args.images), full)):
-        print(f"prototype stage on {label} images ...", flush=True)
-        runs[label] = prototype_stage(run, checkpoint, cfg, args.interval)
-        show(f"[{label} images] prototype stage seconds", runs[label]["seconds"])
-        show(f"[{label} images] peak single worker RSS", runs[label]["memory"]["peak_single_worker_mib"], "MiB")
-        show(f"[{label} images] peak all workers RSS", runs[label]["memory"]["peak_all_workers_mib"], "MiB")
-    small, large = runs[str(args.images // 2)], runs[str(args.images)]
-    summary = {"stage_over_training": ratio(large["seconds"], train["wall_seconds"]),
-               "peak_single_worker_growth": ratio(large["memory"]["peak_single_worker_mib"],
-                                                  small["memory"]["peak_single_worker_mib"]) - 1,
-               "peak_all_workers_growth": ratio(large["memory"]["peak_all_workers_mib"],
-                                                small["memory"]["peak_all_workers_mib"]) - 1,
-               "feature_bytes_growth": ratio(large["feature_bytes"], small["feature_bytes"]) - 1}
+    sizes = {str(args.images // 2): half_run(args, full), str(args.images): full}
+    repeats = {label: [] for label in sizes}
+    for r in range(args.repeats):                        # interleaved: drifting load hits both sizes
+        for label, run in sizes.items():
+            clear_outputs(run)
+            print(f"prototype stage on {label} images (repeat {r + 1}) ...", flush=True)
+            repeats[label].append(prototype_stage(run, checkpoint, cfg, args.interval))
+    runs = {label: combine(rs) for label, rs in repeats.items()}
+    for label, res in runs.items():
+        show(f"[{label} images] prototype stage seconds (fastest)", res["seconds"])
+        show(f"[{label} images] peak RSS of one stage worker", res["peak_stage_worker_mib"], "MiB")
+        show(f"[{label} images] peak RSS of stage workers, summed", res["peak_stage_workers_sum_mib"], "MiB")
+        show(f"[{label} images] peak RSS of any worker (idle ones too)", res["peak_single_worker_mib"], "MiB")
+    compute = compute_only(full, checkpoint, cfg, args.work_dir)
+    show(f"[{args.images} images] same work without Ray, one thread", compute["seconds"], "s")
+    summary = summarise(train, *runs.values())
+    summary["compute_only_over_training"] = ratio(compute["seconds"], train["wall_seconds"])
     print("summary:", flush=True)
     for key, value in summary.items():
         show(key, value)
-    return {"train": train, "prototype_runs": runs, "summary": summary}
+    return {"train": train, "prototype_runs": runs, "compute_only": compute, "summary": summary}
 
 
 def main() -> None:

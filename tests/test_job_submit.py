@@ -54,6 +54,17 @@ def wait_for_dashboard(port: int, proc: subprocess.Popen, timeout: float = 120) 
     raise TimeoutError("the Ray dashboard (job server) did not come up")
 
 
+def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 20) -> subprocess.CompletedProcess:
+    """The job agent starts after the dashboard port opens; on a loaded machine that can take
+    a while, and the server answers 'No available agent' until then: retry only that."""
+    for _ in range(attempts):
+        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in done.stdout + done.stderr:
+            return done
+        time.sleep(5)
+    return done
+
+
 def test_ray_job_submit_quick_demo(tmp_path):
     env = cluster_env(tmp_path)
     gcs_port, dash_port = free_port(), free_port()
@@ -72,11 +83,10 @@ def test_ray_job_submit_quick_demo(tmp_path):
             wait_for_dashboard(dash_port, head)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}: {(tmp_path / 'head.log').read_text()[-3000:]}") from exc
-        time.sleep(3)                                   # job agent comes up after the dashboard port
-        submit = subprocess.run(
+        submit = submit_when_agent_ready(
             [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", str(ROOT),
              "--", "python", "jobs/lpcam_coco.py", "--quick", "--methods", "cam,lpcam", "--run-dir", str(run_dir)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            env)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in (submit.stdout + submit.stderr).lower()
         for method in ("cam", "lpcam"):

@@ -14,8 +14,7 @@ from wsss_ray.metrics import full_resolution
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
+    # no backend forced: inline in notebooks, Agg when headless (matplotlib picks it)
     import matplotlib.pyplot as plt
     return plt
 

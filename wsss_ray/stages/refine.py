@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -33,7 +32,7 @@ from wsss_ray.config import from_dict, to_dict
 from wsss_ray.data.errors import ItemError
 from wsss_ray.data.images import absolute_root, load_mask, load_rgb
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.metrics import full_resolution, gt_at, scores_from_confusion, threshold_confusions
+from wsss_ray.metrics import full_resolution, gt_at, threshold_confusions
 from wsss_ray.refine.crf import CRFParams
 from wsss_ray.refine.irn import (BoundaryNet, WalkParams, affinity_loss, conf_thresholds, confident_labels,
                                  crf_pseudo_mask, downsample_labels, infer_boundary, rw_pseudo_mask)

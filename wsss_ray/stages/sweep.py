@@ -38,6 +38,7 @@ import warnings
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,13 @@ from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, strid
 from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, class_scores, lpcam_terms, split_positions
 from wsss_ray.clustering import spherical_kmeans
 from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from wsss_ray.data.images import load_mask
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.metrics import full_resolution, gt_at, threshold_confusions
 from wsss_ray.rundir import RunDir
 from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
-from wsss_ray.store import decode_maps, encode_maps, list_shards, open_fs, write_table_atomic
+from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
+from wsss_ray.stages.evaluate import image_confusions
+from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
+from wsss_ray.store import decode_maps, encode_maps, list_shards, map_row, open_fs, write_table_atomic
 
 KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
 CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
@@ -105,69 +107,68 @@ def _feature_grid_cams(cam_row: dict, h: int, w: int) -> np.ndarray:
     return np.frombuffer(encode_maps(grid.numpy()), np.uint8).reshape(grid.shape)
 
 
-def _build_cache_processor():
-    # defined lazily: extract.py (and its ModelRunner) is only needed where the cache is built
-    from wsss_ray.stages.extract import ModelRunner, batches_by_shape
-    from wsss_ray.stages.chunks import chunk_name
+def read_cams(cam_dir: str, image_ids: list[int]) -> dict[int, dict]:
+    """The stored CAM rows of some images."""
+    fs, path = open_fs(cam_dir)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(filter=pads.field("image_id").isin(image_ids))
+    return {r["image_id"]: r for r in table.to_pylist()}
 
-    class SweepCacheProcessor(ModelRunner):
-        """Per chunk: flip-fused features at every scale + scale-1.0 features with the CAM."""
 
-        def __init__(self, checkpoint_dir: str, cam_dir: str, output_dir: str, cam_cfg: CamConfig,
-                     fused_dtype: str):
-            super().__init__(checkpoint_dir, cam_cfg.use_gpu)
-            self.cam_dir, self.output_dir, self.cfg = cam_dir, output_dir, cam_cfg
-            self.fused_dtype = np.dtype(fused_dtype)
+def to_stored_dtype(features: torch.Tensor, dtype: np.dtype) -> bytes:
+    f = features.float().cpu().numpy()
+    if dtype.kind == "f":
+        limit = np.finfo(dtype).max
+        f = np.clip(f, -limit, limit)           # a float16 overflow would become inf
+    return _bytes(f.astype(dtype))
 
-        def _cams(self, image_ids: list[int]) -> dict[int, dict]:
-            import pyarrow.dataset as pads
-            fs, path = open_fs(self.cam_dir)
-            table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-                filter=pads.field("image_id").isin(image_ids))
-            return {r["image_id"]: r for r in table.to_pylist()}
 
-        def _fused_rows(self, image_id: int, per_scale: list[torch.Tensor], i: int) -> list[dict]:
-            limit = np.finfo(self.fused_dtype).max if self.fused_dtype.kind == "f" else None
-            rows = []
-            for s, feats in enumerate(per_scale):
-                f = feats[i].float().cpu().numpy()
-                f = np.clip(f, -limit, limit) if limit is not None else f     # float16 overflow -> inf otherwise
-                rows.append({"image_id": image_id, "scale_index": s, "shape": list(f.shape),
-                             "data": _bytes(f.astype(self.fused_dtype))})
-            return rows
+class SweepCacheProcessor(ModelRunner):
+    """Per chunk: flip-fused features at every scale + scale-1.0 features with the CAM."""
 
-        def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
-            cams = self._cams([r["image_id"] for r in rows])
-            fused, split, errors = [], [], []
-            for batch in batches_by_shape(rows, images, self.cfg.batch_size):
-                x = self.tensor([images[r["image_id"]] for r in batch])
-                per_scale, plain = [], None
-                for s in self.cfg.scales:
-                    raw = self.model.features(with_flips(scaled_batch(x, s), self.cfg.flip))
-                    if s == 1.0:        # the unflipped half is model.features(x): no extra forward
-                        plain = raw[:len(batch)]
-                    per_scale.append(fuse_flips(raw, self.cfg.flip))
-                if plain is None:
-                    plain = self.model.features(x)      # the call the LPCAM feature stage makes
-                h, w = images[batch[0]["image_id"]].shape[:2]
-                for i, row in enumerate(batch):
-                    cam_row = cams.get(row["image_id"])
-                    if cam_row is None:
-                        errors.append((str(row["image_id"]), "no CAM for this image: run CAM extraction first"))
-                        continue
-                    fused += self._fused_rows(row["image_id"], per_scale, i)
-                    f = plain[i].float().cpu().numpy()
-                    grid = _feature_grid_cams(cam_row, f.shape[1], f.shape[2])
-                    split.append({"image_id": row["image_id"], "classes": list(row["labels"]), "height": h,
-                                  "width": w, "feat_shape": list(f.shape), "feat": _bytes(f.astype(np.float32)),
-                                  "cam_classes": list(cam_row["classes"]), "cam": _bytes(grid)})
-            fs, path = open_fs(self.output_dir)
-            write_table_atomic(pa.Table.from_pylist(fused, schema=FUSED_SCHEMA), fs, f"{path}/fused/{chunk_name(chunk_id)}")
-            # the split shard is written last: it marks the chunk complete
-            write_table_atomic(pa.Table.from_pylist(split, schema=SPLIT_SCHEMA), fs, f"{path}/split/{chunk_name(chunk_id)}")
-            return errors
+    def __init__(self, checkpoint_dir: str, cam_dir: str, output_dir: str, cam_cfg: CamConfig, fused_dtype: str):
+        super().__init__(checkpoint_dir, cam_cfg.use_gpu)
+        self.cam_dir, self.output_dir, self.cfg = cam_dir, output_dir, cam_cfg
+        self.fused_dtype = np.dtype(fused_dtype)
 
-    return SweepCacheProcessor
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(flip-fused features per scale, scale-1.0 unflipped features) of a batch."""
+        per_scale, plain = [], None
+        for s in self.cfg.scales:
+            raw = self.model.features(with_flips(scaled_batch(x, s), self.cfg.flip))
+            if s == 1.0:        # its unflipped half is model.features(x): no extra forward
+                plain = raw[:x.shape[0]]
+            per_scale.append(fuse_flips(raw, self.cfg.flip))
+        if plain is None:
+            plain = self.model.features(x)      # the call the LPCAM feature stage makes
+        return per_scale, plain
+
+    def rows(self, row: dict, size: tuple, per_scale: list, plain: torch.Tensor, cam_row: dict):
+        fused = [{"image_id": row["image_id"], "scale_index": s, "shape": list(f.shape),
+                  "data": to_stored_dtype(f, self.fused_dtype)} for s, f in enumerate(per_scale)]
+        grid = _feature_grid_cams(cam_row, plain.shape[1], plain.shape[2])
+        split = {"image_id": row["image_id"], "classes": list(row["labels"]), "height": size[0], "width": size[1],
+                 "feat_shape": list(plain.shape), "feat": to_stored_dtype(plain, np.dtype(np.float32)),
+                 "cam_classes": list(cam_row["classes"]), "cam": _bytes(grid)}
+        return fused, split
+
+    def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
+        cams = read_cams(self.cam_dir, [r["image_id"] for r in rows])
+        fused, split, errors = [], [], []
+        for batch in batches_by_shape(rows, images, self.cfg.batch_size):
+            per_scale, plain = self.features(self.tensor([images[r["image_id"]] for r in batch]))
+            size = images[batch[0]["image_id"]].shape[:2]
+            for i, row in enumerate(batch):
+                if row["image_id"] not in cams:
+                    errors.append((str(row["image_id"]), "no CAM for this image: run CAM extraction first"))
+                    continue
+                f, sp = self.rows(row, size, [p[i] for p in per_scale], plain[i], cams[row["image_id"]])
+                fused += f
+                split.append(sp)
+        fs, path = open_fs(self.output_dir)
+        write_table_atomic(pa.Table.from_pylist(fused, schema=FUSED_SCHEMA), fs, f"{path}/fused/{chunk_name(chunk_id)}")
+        # the split shard is written last: it marks the chunk complete
+        write_table_atomic(pa.Table.from_pylist(split, schema=SPLIT_SCHEMA), fs, f"{path}/split/{chunk_name(chunk_id)}")
+        return errors
 
 
 def _cache_key(run: RunDir, cam_cfg: CamConfig, fused_dtype: str) -> dict:
@@ -185,8 +186,6 @@ def _dir_bytes(uri: str) -> int:
 
 def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
     """Build (or resume, or reuse) ``sweeps/_cache``: the only backbone pass of a sweep."""
-    from wsss_ray.stages.chunks import pending_chunks, plan_chunks, run_chunked
-    from wsss_ray.stages.extract import _Factory
     cfg = run_config(run)["cam"]
     key = _cache_key(run, cfg, fused_dtype)
     info_path = run.path("sweeps", "_cache", "info.json")
@@ -201,12 +200,12 @@ def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
     chunks = plan_chunks(manifest, CACHE_CHUNK)
     todo = pending_chunks(chunks, cache_uri(run, "split"))
     start = time.perf_counter()
-    factory = _Factory(_build_cache_processor(), checkpoint=run.uri("checkpoints", "cam"),
+    factory = _Factory(SweepCacheProcessor, checkpoint=run.uri("checkpoints", "cam"),
                        cam_dir=run.uri("maps", "cam"), output_dir=cache_uri(run), cam_cfg=cfg, fused_dtype=fused_dtype)
     stats = run_chunked(todo, factory, run.uri("errors", "sweep_cache"), "sweep_cache", num_actors=cfg.num_actors,
                         actor_cpus=cfg.actor_cpus, use_gpu=cfg.use_gpu, max_side=cfg.max_side)
     info = {"key": key, "complete": True, "chunks_run": len(todo), "seconds": time.perf_counter() - start,
-            "images": int(sum(s["num_images"] for s in stats)), "fused_dtype": fused_dtype,
+            "images": len(image_meta(run)), "errors": int(sum(s["num_errors"] for s in stats)), "fused_dtype": fused_dtype,
             "bytes_fused": _dir_bytes(cache_uri(run, "fused")), "bytes_split": _dir_bytes(cache_uri(run, "split"))}
     run.write_json(info_path, info)
     return dict(info, reused=False)
@@ -389,13 +388,6 @@ class FairAccumulator:
                 "miou_at": {f"{t:.2f}": float(v) for t, v in zip(self.thresholds, s["papers_protocol"]["curve"])}}
 
 
-def image_confusion(maps: np.ndarray, meta: dict, mask_uri: str, num_classes: int, thresholds) -> np.ndarray:
-    """As the evaluation stage: stored maps upsampled to full size against the GT mask."""
-    h, w = int(meta["height"]), int(meta["width"])
-    gt = gt_at(load_mask(mask_uri), h, w)
-    return threshold_confusions(full_resolution(maps, h, w), gt, list(meta["classes"]), num_classes, thresholds)
-
-
 def trial_lpcam_config(base: dict, config: dict) -> LPCAMConfig:
     knobs = {k: (int(config[k]) if k == "k" else float(config[k])) for k in KNOBS if k in config}
     return dataclasses.replace(from_dict(LPCAMConfig, base), **knobs)
@@ -419,8 +411,9 @@ def lpcam_trial(config: dict, ctx: dict) -> None:
         m = meta[image_id]
         maps = lpcam_from_fused(fused, bank, m["classes"], strided_size(m["height"], m["width"], ctx["stride"]),
                                 cfg.fg_only)
-        stored = decode_maps(encode_maps(maps.numpy()), maps.shape)        # evaluate what a run would store
-        acc.add(image_id, image_confusion(stored, m, masks[image_id], ctx["num_classes"], ctx["thresholds"]))
+        # the row a run would store, scored by the evaluation stage's own per-image function
+        row = map_row(image_id, m["classes"], m["height"], m["width"], maps.numpy())
+        acc.add(image_id, image_confusions(row, masks[image_id], ctx["num_classes"], ctx["thresholds"]))
         done += 1
         if done % ctx["report_every"] == 0 or done == len(masks):
             tune.report(dict(acc.metrics(), complete=done == len(masks), prototypes_s=prototypes_s,
@@ -640,7 +633,6 @@ def local_fair_confusions(run: RunDir, method: str, thresholds, selection: set[i
     """Selection / report confusions of ``maps/<method>`` in this process (the evaluation
     stage's per-image maths): a trial is already one parallel unit, and a Ray Data pass
     per subset would cost more in start-up than the arithmetic on a small run."""
-    from wsss_ray.stages.evaluate import image_confusions
     _, _, masks = evaluable_images(run)
     _, classes = read_manifest(run.manifest())
     acc = FairAccumulator(thresholds, classes.num_classes, selection)
