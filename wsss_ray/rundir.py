@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -12,6 +13,11 @@ from wsss_ray.store import exists, open_fs
 @dataclass(frozen=True)
 class RunDir:
     root: str
+
+    def __post_init__(self):
+        # Ray workers do not share the driver's working directory: make local roots absolute
+        if "://" not in self.root:
+            object.__setattr__(self, "root", os.path.abspath(self.root))
 
     def fs(self) -> tuple[pafs.FileSystem, str]:
         return open_fs(self.root)

@@ -15,8 +15,12 @@ def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 600.0
             # A local cluster gets more logical CPUs than cores: an actor pool on 2
             # cores can otherwise starve Ray Data's read and write tasks (DESIGN.md).
             # the dashboard (http://127.0.0.1:8265) on request: WSSS_RAY_DASHBOARD=1
+            # workers import wsss_ray from this checkout even when it is not pip-installed
+            package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
             ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1),
-                     include_dashboard=os.environ.get("WSSS_RAY_DASHBOARD") == "1", log_to_driver=True)
+                     include_dashboard=os.environ.get("WSSS_RAY_DASHBOARD") == "1", log_to_driver=True,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
     ctx = ray.data.DataContext.get_current()
     ctx.execution_no_progress_timeout_s = no_progress_timeout_s
     ctx.enable_progress_bars = True
