@@ -54,7 +54,7 @@ def wait_for_dashboard(port: int, proc: subprocess.Popen, timeout: float = 120) 
     raise TimeoutError("the Ray dashboard (job server) did not come up")
 
 
-def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 20) -> subprocess.CompletedProcess:
+def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 60) -> subprocess.CompletedProcess:
     """The job agent starts after the dashboard port opens; on a loaded machine that can take
     a while, and the server answers 'No available agent' until then: retry only that."""
     for _ in range(attempts):

@@ -48,15 +48,18 @@ from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, class_scores, lpcam_
 from wsss_ray.clustering import spherical_kmeans
 from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from wsss_ray.data.manifest import read_manifest
+from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
 from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
+from wsss_ray.stages.prototypes import sample_images, select_prototypes
 from wsss_ray.store import decode_maps, encode_maps, list_shards, map_row, open_fs, write_table_atomic
 
 KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
 CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
+FEATURE_STAGE_CHUNK = 32    # prototypes.sample_features' chunk size: it fixes the k-means point order
 CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()),
                             ("size", pa.int64()), ("vector", pa.list_(pa.float32())), ("score", pa.float64())])
 FUSED_SCHEMA = pa.schema([("image_id", pa.int64()), ("scale_index", pa.int32()), ("shape", pa.list_(pa.int32())),
@@ -71,7 +74,8 @@ SPLIT_SCHEMA = pa.schema([("image_id", pa.int64()), ("classes", pa.list_(pa.int3
 def run_config(run: RunDir) -> dict:
     """The pipeline config the run was made with (``config.json``), as typed configs."""
     raw = run.read_json(run.path("config.json"))
-    dataset = raw["dataset"]["kind"] + (f":{raw['dataset']['class_subset']}" if raw["dataset"].get("class_subset") else "")
+    subset = raw["dataset"].get("class_subset")
+    dataset = raw["dataset"]["kind"] + (f":{subset}" if subset else "")      # as the pipeline names it
     return {"cam": from_dict(CamConfig, raw["cam"]), "lpcam": from_dict(LPCAMConfig, raw["lpcam"]),
             "eval": from_dict(EvalConfig, raw["eval"]), "model": from_dict(ModelConfig, raw["model"]),
             "recam_train": from_dict(TrainConfig, raw["recam_train"]), "dataset": dataset}
@@ -205,7 +209,8 @@ def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
     stats = run_chunked(todo, factory, run.uri("errors", "sweep_cache"), "sweep_cache", num_actors=cfg.num_actors,
                         actor_cpus=cfg.actor_cpus, use_gpu=cfg.use_gpu, max_side=cfg.max_side)
     info = {"key": key, "complete": True, "chunks_run": len(todo), "seconds": time.perf_counter() - start,
-            "images": len(image_meta(run)), "errors": int(sum(s["num_errors"] for s in stats)), "fused_dtype": fused_dtype,
+            "images": len(image_meta(run)), "errors": int(sum(s["num_errors"] for s in stats)),
+            "fused_dtype": fused_dtype,
             "bytes_fused": _dir_bytes(cache_uri(run, "fused")), "bytes_split": _dir_bytes(cache_uri(run, "split"))}
     run.write_json(info_path, info)
     return dict(info, reused=False)
@@ -225,7 +230,7 @@ def read_split(run: RunDir) -> dict[int, dict]:
     return out
 
 
-def stage_order(shapes: dict[int, tuple], image_ids, chunk_size: int = 32) -> list[int]:
+def stage_order(shapes: dict[int, tuple], image_ids, chunk_size: int = FEATURE_STAGE_CHUNK) -> list[int]:
     """The order the LPCAM feature stage visits images (chunks of sorted ids, then
     same-shape batches): k-means depends on point order, so trials feed it the same."""
     ids = sorted(image_ids)
@@ -280,7 +285,6 @@ def centres_key(cfg: LPCAMConfig) -> str:
 
 def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
     """The centres for (tau, K, ...): read from the cache, or clustered once and stored."""
-    from wsss_ray.stages.prototypes import sample_images
     fs, _ = run.fs()
     path = run.path("sweeps", "_cache", "centres", f"{centres_key(cfg)}.parquet")
     if run.exists(path):
@@ -295,8 +299,6 @@ def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
 
 def trial_bank(run: RunDir, cfg: LPCAMConfig) -> PrototypeBank:
     """Prototypes for one trial's config: cached centres, then mu_f / mu_b selection."""
-    from wsss_ray.models.checkpoint import load_classifier
-    from wsss_ray.stages.prototypes import select_prototypes
     model, _, meta = load_classifier(run.uri("checkpoints", "cam"))
     head = model.head.weight.detach().flatten(1).numpy()
     table, _ = select_prototypes(trial_centres(run, cfg, head), meta["num_classes"], cfg)
@@ -427,12 +429,14 @@ RANDOM_SPACE = {"tau": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], "k": [4, 6, 8, 12
 GRID_SPACE = {"tau": [0.1, 0.25], "k": [8, 12], "mu_f": [0.8, 0.9], "mu_b_low": [0.05], "mu_b_high": [0.5, 0.9]}
 
 
-def search_space(kind: str, grid: dict | None = None) -> dict:
+def search_space(kind: str, base: dict, grid: dict | None = None) -> dict:
     """tau and K are discrete (trials that share them share the clustering); the mu are
-    continuous ranges for random / optuna, lists for grid."""
+    continuous ranges for random / optuna, lists for grid. A knob a grid leaves out stays
+    at the run's own value."""
     from ray import tune
     if kind == "grid":
-        return {k: tune.grid_search(list(v)) for k, v in (grid or GRID_SPACE).items()}
+        values = {k: [base[k]] for k in KNOBS} | (grid or GRID_SPACE)
+        return {k: tune.grid_search(list(v)) for k, v in values.items()}
     return {k: tune.choice(v) if isinstance(v, list) else tune.uniform(*v) for k, v in RANDOM_SPACE.items()}
 
 
@@ -540,13 +544,32 @@ def sweep_summary(rows: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- post-processing sweep
 
 def start_ray(dashboard: bool = False) -> None:
-    """A local session (dashboard on 127.0.0.1:8265 when asked), or the cluster of RAY_ADDRESS."""
-    import ray
+    """A local session (dashboard on http://127.0.0.1:8265 when asked), or the cluster of
+    RAY_ADDRESS; through ``ensure_ray`` so every job starts Ray the same way."""
     from wsss_ray.stages.session import ensure_ray
-    if dashboard and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True,
-                 dashboard_host="127.0.0.1", dashboard_port=8265)
+    if dashboard:
+        os.environ["WSSS_RAY_DASHBOARD"] = "1"      # ensure_ray's switch for the dashboard
     ensure_ray()
+
+
+def absolute_root(run: RunDir) -> str:
+    return run.root if "://" in run.root else os.path.abspath(run.root)
+
+
+def lpcam_trial_context(run: RunDir, cfg: dict, cache: dict, reports: int, seed: int, selection_fraction: float,
+                        cpus_per_trial: float) -> dict:
+    """What every trial needs besides its knobs (small: paths, ids, the threshold grid)."""
+    ids, labels, masks = evaluable_images(run)
+    held = image_meta(run)
+    masks = {i: m for i, m in masks.items() if i in held}          # evaluable images the cache holds
+    kept = [(i, lab) for i, lab in zip(ids, labels) if i in masks]
+    selection, _ = split_selection_report([i for i, _ in kept], [lab for _, lab in kept], selection_fraction, seed)
+    _, classes = read_manifest(run.manifest())
+    return {"run_dir": absolute_root(run), "base_lpcam": to_dict(cfg["lpcam"]),
+            "thresholds": list(cfg["eval"].thresholds),
+            "num_classes": classes.num_classes, "selection": selection, "masks": masks,
+            "stride": cfg["cam"].store_stride, "report_every": -(-len(masks) // max(1, reports)),
+            "order_seed": seed, "fused_dtype": cache["fused_dtype"], "threads": max(1, math.floor(cpus_per_trial))}
 
 
 def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random", scheduler: str = "asha",
@@ -555,41 +578,27 @@ def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random",
                     grid: dict | None = None, fused_dtype: str = "float16") -> dict:
     """LPCAM post-processing sweep over ``KNOBS`` on a finished run's cached artifacts."""
     from ray import tune
-    run = RunDir(run_dir)
+    run, cfg, start = RunDir(run_dir), run_config(RunDir(run_dir)), time.perf_counter()
     name = name or f"lpcam_{search}_{scheduler}"
-    cfg = run_config(run)
-    timings = {}
-    start = time.perf_counter()
-    cache = build_feature_cache(run, fused_dtype)
-    timings["cache_s"] = time.perf_counter() - start
-    ids, labels, masks = evaluable_images(run)
-    masks = {i: masks[i] for i in image_meta(run) if i in masks}      # images the cache holds
-    kept = [i for i in ids if i in masks]
-    selection, _ = split_selection_report(kept, [labels[ids.index(i)] for i in kept], selection_fraction, seed)
-    _, classes = read_manifest(run.manifest())
-    ctx = {"run_dir": run.root if "://" in run.root else os.path.abspath(run.root), "base_lpcam": to_dict(cfg["lpcam"]),
-           "thresholds": list(cfg["eval"].thresholds), "num_classes": classes.num_classes, "selection": selection,
-           "masks": masks, "stride": cfg["cam"].store_stride, "report_every": -(-len(masks) // max(1, reports)),
-           "order_seed": seed, "fused_dtype": cache.get("fused_dtype", fused_dtype),
-           "threads": max(1, math.floor(cpus_per_trial))}
+    cache = {k: v for k, v in build_feature_cache(run, fused_dtype).items() if k != "key"}
+    timings = {"cache_s": time.perf_counter() - start}
+    ctx = lpcam_trial_context(run, cfg, cache, reports, seed, selection_fraction, cpus_per_trial)
     base = {k: getattr(cfg["lpcam"], k) for k in KNOBS}
-    trainable = tune.with_resources(tune.with_parameters(lpcam_trial, ctx=ctx), {"cpu": cpus_per_trial})
-    reports = -(-len(masks) // ctx["report_every"])     # ASHA's rungs: 2, 4 of 8 reports by default
+    # a grid defines its trials itself; elsewhere the run's own config is the first trial
+    first = base if baseline and search != "grid" else None
     tuner = tune.Tuner(
-        trainable, param_space=search_space(search, grid),
+        tune.with_resources(tune.with_parameters(lpcam_trial, ctx=ctx), {"cpu": cpus_per_trial}),
+        param_space=search_space(search, base, grid),
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=1 if search == "grid" else num_samples,
-                                    search_alg=make_search(search, metric, seed, base if baseline else None,
-                                                           max_concurrent),
-                                    scheduler=make_scheduler(scheduler, reports)),
+                                    search_alg=make_search(search, metric, seed, first, max_concurrent),
+                                    scheduler=make_scheduler(scheduler, -(-len(ctx["masks"]) // ctx["report_every"]))),
         run_config=tune.RunConfig(name=name, storage_path=storage_root(run), verbose=1,
                                   callbacks=logger_callbacks(storage_root(run), name)))
     start = time.perf_counter()
-    results = tuner.fit()
+    rows = result_rows(tuner.fit(), KNOBS)
     timings["trials_s"] = time.perf_counter() - start
-    rows = result_rows(results, KNOBS)
-    cache = {k: v for k, v in cache.items() if k != "key"}
     summary = dict(sweep_summary(rows), timings_s=timings, cache=cache, search=search, scheduler=scheduler,
-                   metric=metric, images=len(masks), selection_images=len(selection), baseline=base)
+                   metric=metric, images=len(ctx["masks"]), selection_images=len(ctx["selection"]), baseline=base)
     write_results(run, name, rows, summary, KNOBS)
     return summary
 
@@ -674,7 +683,7 @@ def run_recam_sweep(run_dir: str, num_samples: int = 4, name: str = "recam", epo
     overrides = {k: v for k, v in {"epochs": epochs, "num_workers": num_workers}.items() if v}
     ids, labels, _ = evaluable_images(run)
     selection, _ = split_selection_report(ids, labels, selection_fraction, seed)
-    ctx = {"run_dir": run.root if "://" in run.root else os.path.abspath(run.root), "train_overrides": overrides,
+    ctx = {"run_dir": absolute_root(run), "train_overrides": overrides,
            "selection": selection}
     space = space or RECAM_SPACE
     param_space = {k: tune.choice(v) if isinstance(v, list) else tune.loguniform(*v) for k, v in space.items()}
