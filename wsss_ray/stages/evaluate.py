@@ -80,6 +80,12 @@ def plot_curves(results: list[dict], png_path: str, title: str = "seed mIoU vs b
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path: str) -> None:
+    """Write a matplotlib figure as PNG to a local path or URI, then close it."""
+    import matplotlib.pyplot as plt
     fs, path = open_fs(png_path)
     with fs.open_output_stream(path) as out:
         fig.savefig(out, format="png")

@@ -27,6 +27,7 @@ chosen on the images it is reported on) next to a selection/report split
 """
 from __future__ import annotations
 
+from wsss_ray.stages.evaluate import save_figure
 import dataclasses
 import hashlib
 import importlib.util
@@ -524,10 +525,7 @@ def plot_knob(rows: list[dict], knob: str, png_path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fs, path = open_fs(png_path)
-    with fs.open_output_stream(path) as out:
-        fig.savefig(out, format="png")
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def sweep_summary(rows: list[dict]) -> dict:
