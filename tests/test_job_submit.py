@@ -5,6 +5,10 @@ stop exactly the cluster this test started.
 Ray 2.60 turns token authentication on by default: the test generates a token in a
 private path and hands it to the head and to the client through RAY_AUTH_MODE=token and
 RAY_AUTH_TOKEN_PATH.
+
+The suite's own Ray session already runs a dashboard agent on the default HTTP port 52365;
+a second head on that port starts an agent without its HTTP server and every submission
+answers "No available agent". The head therefore gets free ports for its agents.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def wait_for_dashboard(port: int, proc: subprocess.Popen, timeout: float = 120) 
     raise TimeoutError("the Ray dashboard (job server) did not come up")
 
 
-def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 60) -> subprocess.CompletedProcess:
+def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 24) -> subprocess.CompletedProcess:
     """The job agent starts after the dashboard port opens; on a loaded machine that can take
     a while, and the server answers 'No available agent' until then: retry only that."""
     for _ in range(attempts):
@@ -67,7 +71,7 @@ def submit_when_agent_ready(cmd: list, env: dict, attempts: int = 60) -> subproc
 
 def test_ray_job_submit_quick_demo(tmp_path):
     env = cluster_env(tmp_path)
-    gcs_port, dash_port = free_port(), free_port()
+    gcs_port, dash_port, agent_http, agent_grpc = (free_port() for _ in range(4))
     ray_bin = str(Path(sys.executable).parent / "ray")
     # Ray's unix socket paths must stay under ~107 bytes: pytest's tmp_path is too long
     ray_tmp = tempfile.mkdtemp(prefix="rayjs", dir="/tmp")
@@ -75,6 +79,7 @@ def test_ray_job_submit_quick_demo(tmp_path):
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
          "--include-dashboard=true", f"--dashboard-port={dash_port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     run_dir = tmp_path / "run"
