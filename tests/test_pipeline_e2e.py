@@ -26,7 +26,7 @@ def shard_bytes(directory: Path) -> dict[str, bytes]:
 def test_eval_json_has_the_contract(quick_run):
     run_dir, cfg, _ = quick_run
     for method in ("cam", "lpcam", "lpcam_f", "recam", "recam_w", "recam_wp", "recam_wsum", "recam_wprod",
-                   "infercam", "infercam_split", "infercam_iter"):
+                   "infercam", "infercam_split", "infercam_iter", "advcam", "recam_advcam"):
         res = json.loads(Path(run_dir, "eval", f"{method}.json").read_text())
         assert res["dataset"] == "demo" and res["num_images"] == 96, method
         assert len(res["thresholds"]) == len(res["miou"]) == len(cfg.eval.thresholds)
@@ -37,7 +37,8 @@ def test_eval_json_has_the_contract(quick_run):
         assert 0.0 < best["miou"] <= 1.0
         assert len(best["per_class_iou"]) == 6          # background + 5 demo classes
     assert Path(run_dir, "eval", "cam.png").stat().st_size > 1000
-    assert "| lpcam |" in Path(run_dir, "eval", "summary.md").read_text()
+    summary = Path(run_dir, "eval", "summary.md").read_text()
+    assert "| lpcam |" in summary and "| advcam |" in summary and "| recam_advcam |" in summary
 
 
 def test_map_shards_read_with_plain_pyarrow(quick_run):
