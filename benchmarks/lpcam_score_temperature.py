@@ -27,8 +27,8 @@ from wsss_ray.stages.evaluate import evaluate_maps
 from wsss_ray.stages.extract import extract_maps
 from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.stages.session import ensure_ray
+from wsss_ray.stages.sweep import run_config
 from wsss_ray.store import write_table_atomic
-from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig
 
 
 def rescored(centres: pa.Table, head: np.ndarray, temperature: float) -> pa.Table:
@@ -41,10 +41,7 @@ def rescored(centres: pa.Table, head: np.ndarray, temperature: float) -> pa.Tabl
 
 def main(run_dir: str, temperatures: list[float]) -> None:
     run = RunDir(run_dir)
-    saved = run.read_json(run.path("config.json"))
-    lpcam_cfg = LPCAMConfig(**saved["lpcam"])
-    cam_cfg = CamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cam"].items()})
-    eval_cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["eval"].items()})
+    saved = run_config(run)
     _, classes = read_manifest(run.manifest())
     ckpt = run.uri("checkpoints", "cam")
     model, _, _ = load_classifier(ckpt)
@@ -55,10 +52,10 @@ def main(run_dir: str, temperatures: list[float]) -> None:
     rows = []
     for t in temperatures:
         name = f"lpcam_T{t:g}"
-        table, info = select_prototypes(rescored(centres, head, t), classes.num_classes, lpcam_cfg)
+        table, info = select_prototypes(rescored(centres, head, t), classes.num_classes, saved["lpcam"])
         write_table_atomic(table, fs, run.path("prototypes", f"{name}.parquet"))
-        extract_maps(run, name, "lpcam", ckpt, cam_cfg, {}, run.uri("prototypes", f"{name}.parquet"))
-        best = evaluate_maps(run, name, saved["dataset"]["kind"], eval_cfg)["best"]
+        extract_maps(run, name, "lpcam", ckpt, saved["cam"], {}, run.uri("prototypes", f"{name}.parquet"))
+        best = evaluate_maps(run, name, saved["dataset"], saved["eval"])["best"]
         rows.append({"temperature": t, "prototypes": table.num_rows, **info, "threshold": best["threshold"],
                      "miou": round(best["miou"], 4), "per_class_iou": [round(x, 3) for x in best["per_class_iou"]]})
         print(json.dumps(rows[-1]), flush=True)
