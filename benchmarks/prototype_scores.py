@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks._common import command_line, write_results
+from _common import command_line, write_results
 from wsss_ray.cams.lpcam import CONTEXT, FG, class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
