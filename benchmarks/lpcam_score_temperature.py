@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from _common import command_line, write_results
+from wsss_ray.cams.lpcam import class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
@@ -32,9 +32,9 @@ from wsss_ray.store import write_table_atomic
 
 
 def rescored(centres: pa.Table, head: np.ndarray, temperature: float) -> pa.Table:
-    vectors = np.asarray(centres.column("vector").to_pylist(), np.float64)
-    logits = torch.as_tensor(vectors @ head.astype(np.float64).T) / temperature
-    p = torch.softmax(logits, dim=1).numpy()
+    """The stage's own ``class_scores`` with W / T: softmax(centre . W / T)."""
+    vectors = np.asarray(centres.column("vector").to_pylist(), np.float32)
+    p = class_scores(vectors, head / temperature)
     scores = p[np.arange(len(p)), np.asarray(centres.column("class_id").to_pylist())]
     return centres.set_column(centres.schema.get_field_index("score"), "score", pa.array(scores))
 
