@@ -113,7 +113,7 @@ def stage_once(run, checkpoint: str, actors: int, tag: str) -> dict:
     from wsss_ray.stages.extract import extract_maps
     cfg = CamConfig(num_actors=actors, actor_cpus=1.0, batch_size=16)
     info = extract_maps(run, f"cam_{tag}", "cam", checkpoint, cfg)
-    steady = shard_steady_rate(run.path("maps", f"cam_{tag}"))
+    steady = shard_steady_rate(run.uri("maps", f"cam_{tag}"))
     return {"images": info["images"], "seconds": info["seconds"], "images_per_s": info["images"] / info["seconds"],
             "steady": steady}
 

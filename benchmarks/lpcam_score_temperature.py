@@ -16,7 +16,6 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from _common import command_line, write_results
 from wsss_ray.cams.lpcam import class_scores
@@ -28,7 +27,7 @@ from wsss_ray.stages.extract import extract_maps
 from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.stages.session import ensure_ray
 from wsss_ray.stages.sweep import run_config
-from wsss_ray.store import write_table_atomic
+from wsss_ray.store import read_table_uri, write_table_uri
 
 
 def rescored(centres: pa.Table, head: np.ndarray, temperature: float) -> pa.Table:
@@ -46,14 +45,13 @@ def main(run_dir: str, temperatures: list[float]) -> None:
     ckpt = run.uri("checkpoints", "cam")
     model, _, _ = load_classifier(ckpt)
     head = model.head.weight.detach().flatten(1).numpy()
-    centres = pq.read_table(run.path("prototypes", "centres.parquet"))
+    centres = read_table_uri(run.uri("prototypes", "centres.parquet"))
     ensure_ray()
-    fs, _ = run.fs()
     rows = []
     for t in temperatures:
         name = f"lpcam_T{t:g}"
         table, info = select_prototypes(rescored(centres, head, t), classes.num_classes, saved["lpcam"])
-        write_table_atomic(table, fs, run.path("prototypes", f"{name}.parquet"))
+        write_table_uri(table, run.uri("prototypes", f"{name}.parquet"))
         extract_maps(run, name, "lpcam", ckpt, saved["cam"], {}, run.uri("prototypes", f"{name}.parquet"))
         best = evaluate_maps(run, name, saved["dataset"], saved["eval"])["best"]
         rows.append({"temperature": t, "prototypes": table.num_rows, **info, "threshold": best["threshold"],

@@ -15,7 +15,6 @@ import json
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from _common import command_line, write_results
@@ -23,6 +22,7 @@ from wsss_ray.cams.lpcam import CONTEXT, FG, class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
+from wsss_ray.store import read_table_uri
 
 
 def top2_gap(vectors: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -35,7 +35,7 @@ def summarise_run(run_dir: str) -> dict:
     _, classes = read_manifest(run.manifest())
     model, _, _ = load_classifier(run.uri("checkpoints", "cam"))
     head = model.head.weight.detach().flatten(1).numpy()
-    rows = pq.read_table(run.path("prototypes", "centres.parquet")).to_pylist()
+    rows = read_table_uri(run.uri("prototypes", "centres.parquet")).to_pylist()
     per_class, all_scores, all_gaps = [], [], []
     for c in range(classes.num_classes):
         entry = {"class": classes.names[c]}

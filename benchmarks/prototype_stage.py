@@ -134,7 +134,7 @@ def prototype_stage(run: RunDir, checkpoint: str, cfg, interval: float) -> dict:
         info, parts["build_prototypes"] = stopwatch(build_prototypes, run, checkpoint, cfg.lpcam)
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "parts_seconds": parts, "num_prototypes": info["num_prototypes"],
-            "feature_bytes": dir_bytes(run.path("features")), "memory": sampler.report()}
+            "feature_bytes": dir_bytes(run.uri("features")), "memory": sampler.report()}
 
 
 def compute_only(run: RunDir, checkpoint: str, cfg, work_dir: str) -> dict:
@@ -173,14 +173,14 @@ def dir_bytes(directory: str) -> int:
 def half_run(args, full: RunDir) -> RunDir:
     """A run on the first half of the images, reusing the full run's CAM shards as its input."""
     run = prepare_run(os.path.join(args.work_dir, f"run{args.images // 2}"), args.images // 2)
-    shutil.copytree(full.path("maps", "cam"), run.path("maps", "cam"))
+    shutil.copytree(full.uri("maps", "cam"), run.uri("maps", "cam"))
     return run
 
 
 def clear_outputs(run: RunDir) -> None:
     """Remove the stage's outputs so a repeat recomputes everything (it skips finished chunks)."""
     for part in ("features", "prototypes", "errors/features"):
-        shutil.rmtree(run.path(*part.split("/")), ignore_errors=True)
+        shutil.rmtree(run.uri(*part.split("/")), ignore_errors=True)
 
 
 MEMORY_KEYS = ("peak_stage_worker_mib", "peak_stage_workers_sum_mib", "peak_single_worker_mib", "peak_all_workers_mib")

@@ -24,7 +24,7 @@ def preset_name(args) -> str:
     if args.preset:
         return args.preset
     run = RunDir(args.run_dir)
-    kind = run.read_json(run.path("config.json"))["dataset"]["kind"] if run.exists(run.path("config.json")) else "voc"
+    kind = run.read_json(run.uri("config.json"))["dataset"]["kind"] if run.exists(run.uri("config.json")) else "voc"
     if kind == "demo":
         return "quick" if args.quick else "demo"
     return "coco" if kind == "coco" else "voc"

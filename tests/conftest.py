@@ -10,6 +10,12 @@ import pytest
 
 COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny"
 
+# The S3 tests talk to a local moto server; any key pair works there. Set before the Ray
+# session starts so its workers inherit them; the metadata lookup would only add timeouts.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -245,3 +245,25 @@ def test_pseudo_mask_stage_on_quick_run(quick_run, tmp_path):
     assert 0 < res["best"]["miou"] <= 1 and len(res["best"]["per_class_iou"]) == 6
     assert (run / "checkpoints" / "irn_cam" / "model.pt").exists()
     assert info["pseudo_miou"] == pytest.approx(res["best"]["miou"]) and 0 < info["seed_miou_subset"] <= 1
+
+
+@pytest.mark.slow
+def test_main_job_runs_through_to_segmentation(quick_run, tmp_path):
+    """``--segment cam`` on a finished quick run: seeds are found and skipped, then IRN pseudo
+    masks, segmentation training and its evaluation; one table of seed / pseudo / seg mIoU."""
+    from wsss_ray.stages.pipeline import run_pipeline
+    run_dir, cfg, _ = quick_run
+    run = tmp_path / "run"
+    for sub in ("manifest", "checkpoints/cam", "maps/cam", "eval"):
+        shutil.copytree(Path(run_dir, sub), run / sub)
+    summary = run_pipeline(dataclasses.replace(cfg, run_dir=str(run), methods=("cam",), segment=("cam",)))
+    row = summary["segmentation"]["cam"]
+    assert summary["timings_s"]["train_cam"] < 5                     # skipped: the checkpoint was there
+    assert row["preset"] == "quick" and row["seed"] == summary["results"]["cam"]["miou"]
+    pseudo = json.loads((run / "eval" / "pseudo_cam.json").read_text())["best"]["miou"]
+    seg = json.loads((run / "eval" / "seg_cam.json").read_text())["best"]["miou"]
+    assert row["pseudo_mask"] == pytest.approx(pseudo) and row["segmentation"] == pytest.approx(seg)
+    assert 0 < pseudo <= 1 and 0 < seg <= 1
+    assert "| cam |" in (run / "eval" / "segmentation.md").read_text()
+    with pytest.raises(ValueError, match="no seeds"):
+        run_pipeline(dataclasses.replace(cfg, run_dir=str(run), methods=("cam",), segment=("lpcam",)))

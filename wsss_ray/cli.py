@@ -26,6 +26,8 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--num-actors", type=int, default=0, help="extraction actors (default: preset)")
     p.add_argument("--gpu", action="store_true", help="one GPU per training worker and per actor")
     p.add_argument("--strict", action="store_true", help="fail fast on the first bad input item")
+    p.add_argument("--segment", default="", help="comma list of methods to take on to IRN pseudo masks and "
+                                                 "segmentation training (e.g. cam,lpcam)")
 
 
 def config_from_args(args) -> PipelineConfig:
@@ -49,7 +51,9 @@ def config_from_args(args) -> PipelineConfig:
         train, recam = (dataclasses.replace(t, use_gpu=True) for t in (train, recam))
         cam = dataclasses.replace(cam, use_gpu=True)
     model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
-    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict)
+    segment = tuple(m for m in args.segment.split(",") if m)
+    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict,
+                               segment=segment, use_gpu_refine=args.gpu)
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,14 @@
-"""The run directory: every stage reads and writes under one root (local path or URI)."""
+"""The run directory: every stage reads and writes under one root (local path or URI).
+
+Every location it hands out is a URI string (a plain absolute path for local runs), never a
+filesystem-internal path: an S3 key without its scheme would be read as a local file."""
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
-
-from wsss_ray.store import exists, open_fs
+from wsss_ray.store import exists, join_uri, open_fs
 
 
 @dataclass(frozen=True)
@@ -19,51 +20,54 @@ class RunDir:
         if "://" not in self.root:
             object.__setattr__(self, "root", os.path.abspath(self.root))
 
-    def fs(self) -> tuple[pafs.FileSystem, str]:
-        return open_fs(self.root)
-
-    def path(self, *parts: str) -> str:
-        _, base = self.fs()
-        return "/".join([base.rstrip("/"), *parts])
-
     def uri(self, *parts: str) -> str:
-        """Like ``path`` but keeps the URI scheme, for handing to other processes."""
-        return "/".join([self.root.rstrip("/"), *parts])
+        """A location under the run: a local path or a URI (scheme and query kept), fit to
+        hand to any process; ``store.open_fs`` turns it into (filesystem, path)."""
+        return join_uri(self.root, *parts)
+
+    def ray_storage(self, *parts: str) -> dict:
+        """``storage_path`` (and ``storage_filesystem``) for Ray Train/Tune's RunConfig: a
+        URI's filesystem goes whole, so its query options (endpoint, scheme) reach Ray too."""
+        uri = self.uri(*parts)
+        if "://" not in uri:
+            return {"storage_path": uri}
+        fs, path = open_fs(uri)
+        return {"storage_path": path, "storage_filesystem": fs}
 
     def manifest(self) -> str:
-        return self.path("manifest")
+        return self.uri("manifest")
 
     def checkpoint(self, name: str) -> str:
-        return self.path("checkpoints", name)
+        return self.uri("checkpoints", name)
 
     def maps(self, method: str) -> str:
-        return self.path("maps", method)
+        return self.uri("maps", method)
 
     def errors(self, stage: str) -> str:
-        return self.path("errors", stage)
+        return self.uri("errors", stage)
 
     def eval_json(self, method: str) -> str:
-        return self.path("eval", f"{method}.json")
+        return self.uri("eval", f"{method}.json")
 
-    def exists(self, path: str) -> bool:
-        fs, _ = self.fs()
+    def exists(self, uri: str) -> bool:
+        fs, path = open_fs(uri)
         return exists(fs, path)
 
-    def write_text(self, path: str, text: str) -> None:
-        fs, _ = self.fs()
+    def write_text(self, uri: str, text: str) -> None:
+        fs, path = open_fs(uri)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = path + ".tmp"
         with fs.open_output_stream(tmp) as out:
             out.write(text.encode())
         fs.move(tmp, path)
 
-    def read_text(self, path: str) -> str:
-        fs, _ = self.fs()
+    def read_text(self, uri: str) -> str:
+        fs, path = open_fs(uri)
         with fs.open_input_stream(path) as f:
             return f.read().decode()
 
-    def write_json(self, path: str, data) -> None:
-        self.write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    def write_json(self, uri: str, data) -> None:
+        self.write_text(uri, json.dumps(data, indent=1, sort_keys=True))
 
-    def read_json(self, path: str):
-        return json.loads(self.read_text(path))
+    def read_json(self, uri: str):
+        return json.loads(self.read_text(uri))

@@ -31,12 +31,34 @@ MAPS_SCHEMA = pa.schema([
 
 
 def open_fs(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
-    """Resolve a local path or a pyarrow-understood URI (file://, s3://, gs://, mock://)."""
+    """Resolve a local path or a pyarrow-understood URI (file://, s3://, gs://, mock://).
+
+    Filesystem options ride in the query, as pyarrow reads them, e.g.
+    ``s3://bucket/run?endpoint_override=minio:9000&scheme=http`` for an S3-compatible store."""
     if filesystem is not None:
         return filesystem, uri
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join_uri(root: str, *parts) -> str:
+    """Join with '/' (URIs never use the OS separator); keeps a scheme and a query intact."""
+    base, sep, query = root.partition("?")
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return f"{out}{sep}{query}"
+
+
+def read_table_uri(uri: str, **kwargs) -> pa.Table:
+    fs, path = open_fs(uri)
+    return pq.read_table(path, filesystem=fs, **kwargs)
+
+
+def write_table_uri(table: pa.Table, uri: str) -> None:
+    fs, path = open_fs(uri)
+    write_table_atomic(table, fs, path)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -19,13 +19,14 @@ machine and independent of how many images are made.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from wsss_ray.data.errors import ErrorRecord
+from wsss_ray.data.images import absolute_root, list_names, save_png
 from wsss_ray.data.manifest import ClassSpace, ManifestRow
+from wsss_ray.store import join_uri
 
 DEMO_CLASSES = ("cat", "dog", "boat", "train", "bird")
 CAT, DOG, BOAT, TRAIN, BIRD = range(5)
@@ -203,20 +204,21 @@ def render_demo_image(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, li
 
 def build_demo_manifest(out_dir: str, size: str = "full", seed: int = 0,
                         split: str = "train") -> tuple[list[ManifestRow], ClassSpace, list[ErrorRecord]]:
-    """Render the demo world into ``out_dir/{images,masks}`` (skipping files already there)."""
+    """Render the demo world into ``out_dir/{images,masks}`` (a local path or URI), skipping
+    images already there."""
     if size not in SIZES:
         raise ValueError(f"demo size must be one of {sorted(SIZES)}, got {size!r}")
-    image_dir, mask_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "masks")
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(mask_dir, exist_ok=True)
+    out_dir = absolute_root(out_dir)
+    have_images = list_names(join_uri(out_dir, "images")) or set()
+    have_masks = list_names(join_uri(out_dir, "masks")) or set()
     rows = []
     for index in range(SIZES[size]):
-        image_path = os.path.join(image_dir, f"{index:05d}.png")
-        mask_path = os.path.join(mask_dir, f"{index:05d}.png")
+        name = f"{index:05d}.png"
+        image_uri, mask_uri = join_uri(out_dir, "images", name), join_uri(out_dir, "masks", name)
         image, mask, present = render_demo_image(seed, index)
-        if not (os.path.exists(image_path) and os.path.exists(mask_path)):
-            Image.fromarray(image).save(image_path)
-            Image.fromarray(mask).save(mask_path)
-        rows.append(ManifestRow(image_id=index, uri=image_path, labels=present, mask_uri=mask_path,
+        if name not in have_images or name not in have_masks:
+            save_png(image, image_uri)
+            save_png(mask, mask_uri)
+        rows.append(ManifestRow(image_id=index, uri=image_uri, labels=present, mask_uri=mask_uri,
                                 split=split, height=IMAGE_SIZE, width=IMAGE_SIZE))
     return rows, demo_classes(), []

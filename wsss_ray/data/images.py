@@ -40,14 +40,6 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 # --------------------------------------------------------------------------- bytes
 
-def join_uri(root: str, *parts: str) -> str:
-    """Join with '/' (URIs never use the OS separator); keeps a scheme intact."""
-    out = root.rstrip("/")
-    for p in parts:
-        out = f"{out}/{str(p).strip('/')}"
-    return out
-
-
 def absolute_root(root: str) -> str:
     """Manifest URIs must not depend on the working directory of a Ray worker."""
     return root if "://" in root else os.path.abspath(root)
@@ -207,8 +199,7 @@ def load_mask(uri: str, filesystem: pafs.FileSystem | None = None) -> np.ndarray
 
 
 def save_mask(mask: np.ndarray, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
-    """Write a mode-L PNG atomically: a temporary name, then a rename, so a crashed run
-    never leaves a half-written mask that a rerun would take as done."""
+    """Write a mode-L PNG atomically (see ``save_png``)."""
     a = np.asarray(mask)
     if a.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {a.shape}")
@@ -216,8 +207,15 @@ def save_mask(mask: np.ndarray, uri: str, filesystem: pafs.FileSystem | None = N
         if a.size and (a.min() < 0 or a.max() > 255):
             raise ValueError("mask values must lie in 0..255")
         a = a.astype(np.uint8)
+    save_png(a, uri, filesystem)
+
+
+def save_png(array: np.ndarray, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Write a uint8 array (H x W, or H x W x 3) as PNG to a local path or URI, atomically:
+    a temporary name, then a rename, so a crashed run never leaves a half-written file
+    that a rerun would take as done."""
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
+    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
     fs, path = open_fs(uri, filesystem)
     parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
     tmp = f"{parent}/_tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{name}" if parent else f"_tmp.{uuid.uuid4().hex[:8]}.{name}"

@@ -1,23 +1,22 @@
 """Manifest stage: any dataset -> ``manifest/manifest.parquet`` + ``classes.json`` + errors."""
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 
 from wsss_ray.config import DatasetConfig
 from wsss_ray.data.errors import errors_table
 from wsss_ray.data.manifest import read_manifest, write_manifest
 from wsss_ray.rundir import RunDir
-from wsss_ray.store import write_table_atomic
+from wsss_ray.store import write_table_uri
 
 
 def build_rows(cfg: DatasetConfig, run: RunDir, strict: bool = False):
     """Dispatch to the dataset's builder: (rows, classes, errors)."""
     if cfg.kind == "demo":
         from wsss_ray.data.demo import build_demo_manifest
-        return build_demo_manifest(run.path("demo_world"), size=cfg.demo_size)
+        return build_demo_manifest(run.uri("demo_world"), size=cfg.demo_size)
     if cfg.kind == "coco":
         from wsss_ray.data.coco import build_coco_manifest
-        return _concat_splits([build_coco_manifest(cfg.root, split, run.path("gt_masks", cfg.class_subset or "all"),
+        return _concat_splits([build_coco_manifest(cfg.root, split, run.uri("gt_masks", cfg.class_subset or "all"),
                                                    class_subset=cfg.class_subset, limit=cfg.limit, strict=strict)
                                for split in cfg.split.split("+")])
     if cfg.kind == "voc":
@@ -40,13 +39,12 @@ def _concat_splits(parts):
 
 def build_manifest(run: RunDir, cfg: DatasetConfig, strict: bool = False) -> dict:
     """Write the manifest once; a rerun reads the existing one."""
-    if run.exists(f"{run.manifest()}/manifest.parquet"):
+    if run.exists(run.uri("manifest", "manifest.parquet")):
         table, classes = read_manifest(run.manifest())
         return {"images": table.num_rows, "classes": classes.num_classes, "errors": None, "skipped": True}
     rows, classes, errors = build_rows(cfg, run, strict)
     if cfg.limit and cfg.kind in ("demo", "folder"):
         rows = sorted(rows, key=lambda r: r.image_id)[:cfg.limit]
-    fs, _ = run.fs()
-    write_table_atomic(errors_table(errors), fs, f"{run.errors('manifest')}/part-00000.parquet")
+    write_table_uri(errors_table(errors), run.uri("errors", "manifest", "part-00000.parquet"))
     write_manifest(rows, classes, run.manifest())
     return {"images": len(rows), "classes": classes.num_classes, "errors": len(errors), "skipped": False}

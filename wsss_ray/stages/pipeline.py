@@ -28,6 +28,8 @@ class PipelineConfig:
     methods: tuple = ("cam", "lpcam", "lpcam_f")
     infercam: dict = field(default_factory=dict)
     advcam: dict = field(default_factory=dict)       # AdvCamConfig overrides, e.g. {"steps": 8}
+    segment: tuple = ()         # methods taken on to pseudo masks (IRN) and a segmentation network
+    use_gpu_refine: bool = False
     strict: bool = False
 
 
@@ -86,7 +88,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     run = RunDir(cfg.run_dir)
     ensure_ray()
     timings, results = {}, {}
-    run.write_json(run.path("config.json"), to_dict(cfg))
+    run.write_json(run.uri("config.json"), to_dict(cfg))
 
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -135,12 +137,53 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                              {**cfg.advcam, "variant": "w*w'"})
     plot_curves(list(results.values()), run.uri("eval", "summary.png"))
     table = summary_table(results)
-    run.write_text(run.path("eval", "summary.md"), table + "\n")
+    run.write_text(run.uri("eval", "summary.md"), table + "\n")
     summary = {"timings_s": timings, "train": train_info,
                "results": {k: v["best"] | {"num_images": v["num_images"]} for k, v in results.items()}}
-    run.write_json(run.path("eval", "summary.json"), summary)
+    if cfg.segment:
+        summary["segmentation"] = run_segmentation(cfg, run, timed)
+    run.write_json(run.uri("eval", "summary.json"), summary)
     print(table, flush=True)
+    if cfg.segment:
+        print(segmentation_table(summary["segmentation"]), flush=True)
     return summary
+
+
+def refinement_preset(dataset: DatasetConfig) -> str:
+    """The refine / segmentation preset for a dataset: quick and full demo, coco, voc."""
+    if dataset.kind == "demo":
+        return "quick" if dataset.demo_size == "quick" else "demo"
+    return "coco" if dataset.kind == "coco" else "voc"
+
+
+def run_segmentation(cfg: PipelineConfig, run: RunDir, timed) -> dict:
+    """Seeds -> IRN pseudo masks -> segmentation training -> evaluation, per method in
+    ``cfg.segment``; writes ``eval/segmentation.md`` and returns seed / pseudo / seg mIoU."""
+    from wsss_ray.models.segmentation import SEG_PRESETS
+    from wsss_ray.stages.refine import REFINE_PRESETS, make_pseudo_masks
+    from wsss_ray.stages.segment import evaluate_segmentation, train_segmentation
+
+    preset = refinement_preset(cfg.dataset)
+    refine = dataclasses.replace(REFINE_PRESETS[preset], use_gpu=cfg.use_gpu_refine)
+    seg = dataclasses.replace(SEG_PRESETS[preset], use_gpu=cfg.use_gpu_refine)
+    rows = {}
+    for method in cfg.segment:
+        if not run.exists(run.eval_json(method)):
+            raise ValueError(f"--segment {method}: no seeds for it in this run (add it to --methods)")
+        masks = timed(f"pseudo_{method}", make_pseudo_masks, run.root, method, refine, strict=cfg.strict, log=log)
+        timed(f"seg_train_{method}", train_segmentation, run.root, method, seg)
+        result = timed(f"seg_eval_{method}", evaluate_segmentation, run.root, method, seg, strict=cfg.strict)
+        rows[method] = {"seed": run.read_json(run.eval_json(method))["best"]["miou"],
+                        "pseudo_mask": masks["pseudo_miou"],
+                        "segmentation": result["best"]["miou"], "preset": preset}
+    run.write_text(run.uri("eval", "segmentation.md"), segmentation_table(rows) + "\n")
+    return rows
+
+
+def segmentation_table(rows: dict) -> str:
+    lines = ["| method | seed mIoU | pseudo-mask mIoU | segmentation mIoU |", "|---|---|---|---|"]
+    lines += [f"| {m} | {r['seed']:.4f} | {r['pseudo_mask']:.4f} | {r['segmentation']:.4f} |" for m, r in rows.items()]
+    return "\n".join(lines)
 
 
 def summary_table(results: dict) -> str:

@@ -28,7 +28,7 @@ from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
-from wsss_ray.store import decode_maps, list_shards, open_fs, write_table_atomic
+from wsss_ray.store import decode_maps, join_uri, list_shards, open_fs, read_table_uri, write_table_atomic, write_table_uri
 
 INDEX_SCHEMA = pa.schema([("image_id", pa.int64()), ("class_id", pa.int32()),
                           ("n_fg", pa.int32()), ("n_context", pa.int32())])
@@ -112,7 +112,7 @@ def sample_features(run: RunDir, checkpoint: str, cfg: LPCAMConfig, cam_cfg: Cam
                                                              pa.list_(pa.int32())))
     output_dir = run.uri("features")
     chunks = plan_chunks(subset, chunk_size)
-    todo = pending_chunks(chunks, f"{output_dir}/index")
+    todo = pending_chunks(chunks, join_uri(output_dir, "index"))
     start = time.perf_counter()
     factory = _Factory(FeatureProcessor, checkpoint=checkpoint, cam_dir=run.uri("maps", cam_method),
                        output_dir=output_dir, cfg=cfg, cam_cfg=cam_cfg)
@@ -124,7 +124,7 @@ def sample_features(run: RunDir, checkpoint: str, cfg: LPCAMConfig, cam_cfg: Cam
 
 def class_features(features_dir: str, class_id: int, dim: int) -> dict[str, np.ndarray]:
     """One class's sampled features, by kind (memory: this class only)."""
-    fs, path = open_fs(f"{features_dir}/class={class_id}")
+    fs, path = open_fs(join_uri(features_dir, f"class={class_id}"))
     shards = list_shards(fs, path)
     out = {FG: np.zeros((0, dim), np.float32), CONTEXT: np.zeros((0, dim), np.float32)}
     if not shards:
@@ -163,8 +163,7 @@ def cluster_all(run: RunDir, checkpoint: str, cfg: LPCAMConfig, use_gpu: bool = 
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()), ("size", pa.int64()),
         ("vector", pa.list_(pa.float32())), ("score", pa.float64())]))
-    fs, _ = run.fs()
-    write_table_atomic(table, fs, run.path("prototypes", "centres.parquet"))
+    write_table_uri(table, run.uri("prototypes", "centres.parquet"))
     return {"centres": table.num_rows, "seconds": time.perf_counter() - start}
 
 
@@ -193,10 +192,9 @@ def select_prototypes(centres: pa.Table, num_classes: int, cfg: LPCAMConfig) -> 
 
 def build_prototypes(run: RunDir, checkpoint: str, cfg: LPCAMConfig, name: str = "lpcam") -> dict:
     _, classes = read_manifest(run.manifest())
-    centres = pq.read_table(run.path("prototypes", "centres.parquet"))
+    centres = read_table_uri(run.uri("prototypes", "centres.parquet"))
     table, info = select_prototypes(centres, classes.num_classes, cfg)
-    fs, _ = run.fs()
-    write_table_atomic(table, fs, run.path("prototypes", f"{name}.parquet"))
-    run.write_json(run.path("prototypes", f"{name}.json"), {"config": json.loads(to_json(cfg)), **info,
+    write_table_uri(table, run.uri("prototypes", f"{name}.parquet"))
+    run.write_json(run.uri("prototypes", f"{name}.json"), {"config": json.loads(to_json(cfg)), **info,
                                                            "num_prototypes": table.num_rows})
     return {"num_prototypes": table.num_rows, **info}

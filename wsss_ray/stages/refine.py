@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from wsss_ray.refine.irn import (BoundaryNet, WalkParams, affinity_loss, conf_th
                                  crf_pseudo_mask, downsample_labels, infer_boundary, rw_pseudo_mask)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
-from wsss_ray.store import decode_maps, exists, list_shards, open_fs, write_table_atomic
+from wsss_ray.store import decode_maps, join_uri, list_shards, open_fs, write_table_atomic
 
 MASKS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -271,7 +270,8 @@ def boundary_loop_per_worker(config: dict) -> None:
 
     from wsss_ray.cams.training import poly_lr
     from wsss_ray.models.checkpoint import load_classifier
-    from wsss_ray.stages.train import _restore, _save_epoch, rank_indices, seed_everything
+    from wsss_ray.models.checkpoint import keep_epoch, restore_epoch, save_epoch
+    from wsss_ray.stages.train import rank_indices, seed_everything
 
     cfg = from_dict(RefineConfig, config["refine"])
     ctx = ray.train.get_context()
@@ -288,9 +288,9 @@ def boundary_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            start_epoch = _restore(d, net, optimizer)
+            start_epoch = restore_epoch(d, net, optimizer)
     elif config.get("resume_dir"):
-        start_epoch = _restore(config["resume_dir"], net, optimizer)
+        start_epoch = restore_epoch(config["resume_dir"], net, optimizer)
     device = ray.train.torch.get_device()
     net = ray.train.torch.prepare_model(net)
     rows = config["rows"]
@@ -317,8 +317,8 @@ def boundary_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                _save_epoch(tmp, net, optimizer, epoch, metrics)
-                _save_epoch(os.path.join(config["epochs_dir"], f"epoch-{epoch:03d}"), net, optimizer, epoch, metrics)
+                save_epoch(tmp, net, optimizer, epoch, metrics)
+                keep_epoch(config["epochs_dir"], net, optimizer, epoch, metrics)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
@@ -329,27 +329,26 @@ def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig,
     from ray.train.torch import TorchTrainer
 
     from wsss_ray.models.checkpoint import load_classifier
-    from wsss_ray.stages.train import latest_epoch_dir
+    from wsss_ray.models.checkpoint import latest_epoch, load_state
+    from wsss_ray.stages.train import train_run_config
 
     out_dir = run.checkpoint(f"irn_{method}")
-    fs, _ = run.fs()
-    if exists(fs, f"{out_dir}/model.pt"):
+    if run.exists(join_uri(out_dir, "model.pt")):
         return {"name": f"irn_{method}", "skipped": True}
-    epochs_dir = os.path.join(out_dir, "epochs")
+    epochs_dir = join_uri(out_dir, "epochs")
     config = {"refine": to_dict(cfg), "rows": rows, "classifier": checkpoint, "conf_dir": run.uri("conf", method),
-              "epochs_dir": epochs_dir, "resume_dir": latest_epoch_dir(epochs_dir)}
+              "epochs_dir": epochs_dir, "resume_dir": latest_epoch(epochs_dir)}
     start = time.perf_counter()
     trainer = TorchTrainer(
         boundary_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"irn_{method}", storage_path=run.path("ray_train"),
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+        run_config=train_run_config(run, f"irn_{method}", max_failures))
     result = trainer.fit()
     classifier, _, _ = load_classifier(checkpoint)
     net = BoundaryNet(classifier.backbone, stride=cfg.net_stride)
-    last = latest_epoch_dir(epochs_dir)
-    net.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
+    last = latest_epoch(epochs_dir)
+    net.load_state_dict(load_state(last))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = time.perf_counter() - start
     _save_head(net, {"classifier": checkpoint, "refine": to_dict(cfg), "train_metrics": metrics}, out_dir)
@@ -503,7 +502,7 @@ def make_pseudo_masks(run_dir: str, method: str, cfg: RefineConfig = RefineConfi
 
 
 def _dataset_name(run: RunDir) -> str:
-    path = run.path("config.json")
+    path = run.uri("config.json")
     if run.exists(path):
         ds = run.read_json(path).get("dataset", {})
         return ds.get("kind", "") if not ds.get("class_subset") else f"{ds['kind']}:{ds['class_subset']}"

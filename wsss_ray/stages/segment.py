@@ -8,7 +8,6 @@ schema of ``masks/``) and ``eval/seg_<method>.json`` (the format of ``eval/<meth
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 
@@ -18,7 +17,7 @@ import torch
 
 from wsss_ray.config import from_dict, to_dict
 from wsss_ray.data.errors import ItemError
-from wsss_ray.data.images import absolute_root, join_uri, load_mask, load_rgb
+from wsss_ray.data.images import absolute_root, load_mask, load_rgb
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.segmentation import (SegConfig, augment_pair, build_seg_optimizer, build_segmenter,
                                           load_segmenter, pad_batch, predict_multiscale, save_segmenter,
@@ -27,7 +26,7 @@ from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.refine import (MASKS_SCHEMA, _Factory, _image_at, _dataset_name, decode_png, evaluate_masks,
                                     mask_row, read_rows)
-from wsss_ray.store import exists, open_fs, write_table_atomic
+from wsss_ray.store import join_uri, open_fs, write_table_atomic
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -84,7 +83,8 @@ def seg_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from wsss_ray.cams.training import poly_lr
-    from wsss_ray.stages.train import _restore, _save_epoch, rank_indices, seed_everything
+    from wsss_ray.models.checkpoint import keep_epoch, restore_epoch, save_epoch
+    from wsss_ray.stages.train import rank_indices, seed_everything
 
     cfg = from_dict(SegConfig, config["seg"])
     ctx = ray.train.get_context()
@@ -96,9 +96,9 @@ def seg_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            start_epoch = _restore(d, model, optimizer)
+            start_epoch = restore_epoch(d, model, optimizer)
     elif config.get("resume_dir"):
-        start_epoch = _restore(config["resume_dir"], model, optimizer)
+        start_epoch = restore_epoch(config["resume_dir"], model, optimizer)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     rows = config["rows"]
@@ -128,8 +128,8 @@ def seg_loop_per_worker(config: dict) -> None:
                    "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                _save_epoch(tmp, model, optimizer, epoch, metrics)
-                _save_epoch(os.path.join(config["epochs_dir"], f"epoch-{epoch:03d}"), model, optimizer, epoch, metrics)
+                save_epoch(tmp, model, optimizer, epoch, metrics)
+                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
@@ -149,33 +149,32 @@ def train_segmentation(run_dir: str, method: str, cfg: SegConfig, saliency_dir: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from wsss_ray.stages.train import latest_epoch_dir
+    from wsss_ray.models.checkpoint import latest_epoch, load_state
+    from wsss_ray.stages.train import train_run_config
 
     run = RunDir(absolute_root(run_dir))
     out_dir = run.checkpoint(f"seg_{method}")
-    fs, _ = run.fs()
-    if exists(fs, f"{out_dir}/model.pt"):
+    if run.exists(join_uri(out_dir, "model.pt")):
         return {"name": f"seg_{method}", "skipped": True}
     masks_dir = run.uri("masks", masks_name or method)
     rows = seg_rows(run, masks_dir, "train", limit)
     if not rows:
         raise FileNotFoundError(f"no pseudo masks under {masks_dir} for the training images: run jobs/pseudo_masks.py")
     _, classes = read_manifest(run.manifest())
-    epochs_dir = os.path.join(out_dir, "epochs")
+    epochs_dir = join_uri(out_dir, "epochs")
     config = {"seg": to_dict(cfg), "rows": rows, "masks_dir": masks_dir, "num_classes": classes.num_classes + 1,
               "saliency_dir": absolute_root(saliency_dir) if saliency_dir else "", "epochs_dir": epochs_dir,
-              "resume_dir": latest_epoch_dir(epochs_dir)}
+              "resume_dir": latest_epoch(epochs_dir)}
     start = time.perf_counter()
     trainer = TorchTrainer(
         seg_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"seg_{method}", storage_path=run.path("ray_train"),
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+        run_config=train_run_config(run, f"seg_{method}", max_failures))
     result = trainer.fit()
     model = build_segmenter(cfg.arch, classes.num_classes + 1, "none", "none", cfg.freeze_bn)
-    last = latest_epoch_dir(epochs_dir)
-    model.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
+    last = latest_epoch(epochs_dir)
+    model.load_state_dict(load_state(last))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = time.perf_counter() - start
     save_segmenter(model, {"seg": to_dict(cfg), "num_classes": classes.num_classes + 1, "method": method,

@@ -7,7 +7,7 @@ import os
 import ray
 
 
-def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 600.0) -> None:
+def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 3600.0) -> None:
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=True)
@@ -22,6 +22,8 @@ def ensure_ray(num_cpus: int | None = None, no_progress_timeout_s: float = 600.0
                      include_dashboard=os.environ.get("WSSS_RAY_DASHBOARD") == "1", log_to_driver=True,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
     ctx = ray.data.DataContext.get_current()
+    # Ray Data fails a dataset that moves no block for this long. One chunk (32 images) of
+    # InferCam at 448 px takes ~18 min on a busy 2-core CPU, so an hour, not Ray's minutes.
     ctx.execution_no_progress_timeout_s = no_progress_timeout_s
     ctx.enable_progress_bars = True
 

@@ -56,7 +56,8 @@ from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
 from wsss_ray.stages.prototypes import sample_images, select_prototypes
-from wsss_ray.store import decode_maps, encode_maps, list_shards, map_row, open_fs, write_table_atomic
+from wsss_ray.store import (decode_maps, encode_maps, join_uri, list_shards, map_row, open_fs, read_table_uri,
+                            write_table_atomic, write_table_uri)
 
 KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
 CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
@@ -74,7 +75,7 @@ SPLIT_SCHEMA = pa.schema([("image_id", pa.int64()), ("classes", pa.list_(pa.int3
 
 def run_config(run: RunDir) -> dict:
     """The pipeline config the run was made with (``config.json``), as typed configs."""
-    raw = run.read_json(run.path("config.json"))
+    raw = run.read_json(run.uri("config.json"))
     subset = raw["dataset"].get("class_subset")
     dataset = raw["dataset"]["kind"] + (f":{subset}" if subset else "")      # as the pipeline names it
     return {"cam": from_dict(CamConfig, raw["cam"]), "lpcam": from_dict(LPCAMConfig, raw["lpcam"]),
@@ -177,8 +178,8 @@ class SweepCacheProcessor(ModelRunner):
 
 
 def _cache_key(run: RunDir, cam_cfg: CamConfig, fused_dtype: str) -> dict:
-    fs, _ = run.fs()
-    info = fs.get_file_info(run.path("checkpoints", "cam", "model.pt"))
+    fs, path = open_fs(run.uri("checkpoints", "cam", "model.pt"))
+    info = fs.get_file_info(path)
     key = {"checkpoint_bytes": info.size, "checkpoint_mtime_ns": info.mtime_ns, "cam": to_dict(cam_cfg),
            "fused_dtype": fused_dtype, "chunk_size": CACHE_CHUNK}
     return json.loads(json.dumps(key))          # as info.json will hold it (tuples become lists)
@@ -193,7 +194,7 @@ def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
     """Build (or resume, or reuse) ``sweeps/_cache``: the only backbone pass of a sweep."""
     cfg = run_config(run)["cam"]
     key = _cache_key(run, cfg, fused_dtype)
-    info_path = run.path("sweeps", "_cache", "info.json")
+    info_path = run.uri("sweeps", "_cache", "info.json")
     if run.exists(info_path):
         old = run.read_json(info_path)
         if old.get("key") != key:
@@ -286,15 +287,14 @@ def centres_key(cfg: LPCAMConfig) -> str:
 
 def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
     """The centres for (tau, K, ...): read from the cache, or clustered once and stored."""
-    fs, _ = run.fs()
-    path = run.path("sweeps", "_cache", "centres", f"{centres_key(cfg)}.parquet")
+    path = run.uri("sweeps", "_cache", "centres", f"{centres_key(cfg)}.parquet")
     if run.exists(path):
-        return pq.read_table(path, filesystem=fs)
+        return read_table_uri(path)
     manifest, classes = read_manifest(run.manifest())
     sampled = sample_images(manifest, classes.num_classes, cfg.images_per_class, cfg.seed)
     per_class = split_points(read_split(run), sampled, cfg)
     table = cluster_points(per_class, classes.num_classes, head.shape[1], cfg, head)
-    write_table_atomic(table, fs, path)
+    write_table_uri(table, path)
     return table
 
 
@@ -350,7 +350,7 @@ def sweep_maps(run: RunDir, cfg: LPCAMConfig, image_ids=None) -> dict[int, np.nd
     trial evaluates (what ``maps/lpcam`` would hold for the same config)."""
     cam_cfg = run_config(run)["cam"]
     bank, meta, out = trial_bank(run, cfg), image_meta(run), {}
-    info = run.read_json(run.path("sweeps", "_cache", "info.json"))
+    info = run.read_json(run.uri("sweeps", "_cache", "info.json"))
     wanted = None if image_ids is None else set(image_ids)
     for image_id, fused in iter_cached_images(run, wanted, dtype=info.get("fused_dtype", "float16")):
         m = meta[image_id]
@@ -472,12 +472,11 @@ def logger_callbacks(storage: str, name: str) -> list:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     uri = storage if "://" in storage else f"file://{storage}"
-    return [MLflowLoggerCallback(tracking_uri=f"{uri}/mlruns", experiment_name=name, save_artifact=False)]
+    return [MLflowLoggerCallback(tracking_uri=join_uri(uri, "mlruns"), experiment_name=name, save_artifact=False)]
 
 
 def storage_root(run: RunDir) -> str:
-    root = run.uri("sweeps")
-    return root if "://" in root else os.path.abspath(root)
+    return run.uri("sweeps")
 
 
 # ----------------------------------------------------------------------------- results
@@ -498,14 +497,10 @@ def result_rows(grid, knobs) -> list[dict]:
 
 def write_results(run: RunDir, name: str, rows: list[dict], summary: dict, knobs) -> None:
     import pandas as pd
-    fs, _ = run.fs()
-    base = run.path("sweeps", name)
-    fs.create_dir(base, recursive=True)
     frame = pd.DataFrame(rows)
-    with fs.open_output_stream(f"{base}/results.csv") as out:
-        out.write(frame.to_csv(index=False).encode())
-    write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), fs, f"{base}/results.parquet")
-    run.write_json(f"{base}/summary.json", summary)
+    run.write_text(run.uri("sweeps", name, "results.csv"), frame.to_csv(index=False))
+    write_table_uri(pa.Table.from_pandas(frame, preserve_index=False), run.uri("sweeps", name, "results.parquet"))
+    run.write_json(run.uri("sweeps", name, "summary.json"), summary)
     for knob in knobs:
         plot_knob(rows, knob, run.uri("sweeps", name, f"miou_vs_{knob}.png"))
 
@@ -590,7 +585,7 @@ def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random",
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=1 if search == "grid" else num_samples,
                                     search_alg=make_search(search, metric, seed, first, max_concurrent),
                                     scheduler=make_scheduler(scheduler, -(-len(ctx["masks"]) // ctx["report_every"]))),
-        run_config=tune.RunConfig(name=name, storage_path=storage_root(run), verbose=1,
+        run_config=tune.RunConfig(name=name, **run.ray_storage("sweeps"), verbose=1,
                                   callbacks=logger_callbacks(storage_root(run), name)))
     start = time.perf_counter()
     rows = result_rows(tuner.fit(), KNOBS)
@@ -692,7 +687,7 @@ def run_recam_sweep(run_dir: str, num_samples: int = 4, name: str = "recam", epo
         tune_config=tune.TuneConfig(metric="miou", mode="max", num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent,
                                     search_alg=make_search("random", "miou", seed, None, max_concurrent)),
-        run_config=tune.RunConfig(name=name, storage_path=storage_root(run), verbose=1,
+        run_config=tune.RunConfig(name=name, **run.ray_storage("sweeps"), verbose=1,
                                   callbacks=logger_callbacks(storage_root(run), name)))
     start = time.perf_counter()
     results = tuner.fit()
@@ -715,5 +710,5 @@ def evaluate_fair(run: RunDir, method: str, cfg: EvalConfig | None = None, selec
     sel, rep, n_sel, n_rep = subset_confusions(run, method, thresholds, set(selection))
     result = dict(fair_protocol(thresholds, sel, rep, n_sel, n_rep), method=method, seed=seed,
                   selection_fraction=selection_fraction)     # the split is reproducible from seed + fraction
-    run.write_json(run.path("eval", f"{method}_fair.json"), result)
+    run.write_json(run.uri("eval", f"{method}_fair.json"), result)
     return result

@@ -9,7 +9,6 @@ and a finished run (``checkpoints/<name>/model.pt``) is skipped.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 
@@ -23,10 +22,11 @@ from wsss_ray.config import ModelConfig, TrainConfig, from_dict, to_dict
 from wsss_ray.data.errors import ItemError
 from wsss_ray.data.images import load_rgb
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.models.checkpoint import load_classifier, load_state, save_classifier
+from wsss_ray.models.checkpoint import (keep_epoch, latest_epoch, load_state, restore_epoch, save_classifier,
+                                         save_epoch)
 from wsss_ray.models.classifier import build_classifier
 from wsss_ray.rundir import RunDir
-from wsss_ray.store import exists, list_shards, open_fs
+from wsss_ray.store import join_uri
 
 
 def seed_everything(seed: int) -> None:
@@ -134,22 +134,6 @@ def probe_batch(probe: dict, rows, idx, rng, hflip: bool):
     return torch.stack(views)[:, :, None, None], [rows[i]["labels"] for i in keep]
 
 
-def _save_epoch(directory: str, model, optimizer, epoch: int, metrics: dict) -> None:
-    os.makedirs(directory, exist_ok=True)
-    core = model.module if hasattr(model, "module") else model
-    torch.save(core.state_dict(), os.path.join(directory, "model.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(directory, "optim.pt"))
-    with open(os.path.join(directory, "state.json"), "w") as f:
-        json.dump({"epoch": epoch, **metrics}, f)
-
-
-def _restore(directory: str, model, optimizer) -> int:
-    model.load_state_dict(torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True))
-    optimizer.load_state_dict(torch.load(os.path.join(directory, "optim.pt"), map_location="cpu", weights_only=True))
-    with open(os.path.join(directory, "state.json")) as f:
-        return int(json.load(f)["epoch"]) + 1
-
-
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -171,9 +155,9 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            start_epoch = _restore(d, model, optimizer)
+            start_epoch = restore_epoch(d, model, optimizer)
     elif config.get("resume_dir"):
-        start_epoch = _restore(config["resume_dir"], model, optimizer)
+        start_epoch = restore_epoch(config["resume_dir"], model, optimizer)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     rows = config["rows"]
@@ -209,16 +193,18 @@ def train_loop_per_worker(config: dict) -> None:
                    "images_per_second": len(order) / max(time.perf_counter() - start, 1e-9)}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                _save_epoch(tmp, model, optimizer, epoch, metrics)
-                _save_epoch(os.path.join(config["epochs_dir"], f"epoch-{epoch:03d}"), model, optimizer, epoch, metrics)
+                save_epoch(tmp, model, optimizer, epoch, metrics)
+                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
-def latest_epoch_dir(epochs_dir: str) -> str:
-    if not os.path.isdir(epochs_dir):
-        return ""
-    done = sorted(d for d in os.listdir(epochs_dir) if os.path.exists(os.path.join(epochs_dir, d, "state.json")))
-    return os.path.join(epochs_dir, done[-1]) if done else ""
+def train_run_config(run: RunDir, name: str, max_failures: int):
+    """Ray Train's RunConfig for every trainer of a run: storage under ``ray_train`` (local
+    or URI), restarts after worker failures, and only the last two Ray checkpoints kept."""
+    import ray.train
+    return ray.train.RunConfig(name=name, **run.ray_storage("ray_train"),
+                               failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
 
 
 def training_rows(run: RunDir, split: str | None = None) -> tuple[list[dict], int]:
@@ -235,27 +221,25 @@ def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainC
     from ray.train.torch import TorchTrainer
 
     out_dir = run.checkpoint(name)
-    fs, _ = run.fs()
-    if exists(fs, f"{out_dir}/model.pt"):
-        return {"name": name, "skipped": True, **json.loads(run.read_text(f"{out_dir}/model.json")).get("train_metrics", {})}
+    if run.exists(join_uri(out_dir, "model.pt")):
+        return {"name": name, "skipped": True, **json.loads(run.read_text(join_uri(out_dir, "model.json"))).get("train_metrics", {})}
     rows, num_classes = training_rows(run, split)
     if not rows:
         raise ValueError("no labelled images in the manifest: nothing to train on")
-    epochs_dir = os.path.join(out_dir, "epochs")        # Ray Train workers write local/shared paths
+    epochs_dir = join_uri(out_dir, "epochs")        # local path or URI: every worker reaches it
     config = {"train": to_dict(cfg), "model": to_dict(model_cfg), "num_classes": num_classes, "rows": rows,
-              "init_from": init_from, "resume_dir": latest_epoch_dir(epochs_dir), "epochs_dir": epochs_dir}
+              "init_from": init_from, "resume_dir": latest_epoch(epochs_dir), "epochs_dir": epochs_dir}
     start = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"{name}", storage_path=run.uri("ray_train") if "://" in run.root else run.path("ray_train"),
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+        run_config=train_run_config(run, name, max_failures))
     result = trainer.fit()
     seconds = time.perf_counter() - start
-    last = latest_epoch_dir(epochs_dir)
+    last = latest_epoch(epochs_dir)
     model = build_classifier(model_cfg.backbone, "none", num_classes, model_cfg.freeze_backbone, model_cfg.input_norm)
-    model.load_state_dict(torch.load(os.path.join(last, "model.pt"), map_location="cpu", weights_only=True))
+    model.load_state_dict(load_state(last))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = seconds
     save_classifier(model, model_cfg, num_classes, out_dir, extra={"train": to_dict(cfg), "train_metrics": metrics})
