@@ -38,3 +38,6 @@ def test_an_epoch_without_state_json_is_incomplete_and_never_pruned_away_alone(t
     (epochs / "epoch-001" / "model.pt").write_bytes(b"half")    # killed before state.json
     assert latest_epoch(str(epochs)) == f"{epochs}/epoch-000"
     assert prune_epochs(str(epochs), keep=1) == []                  # the only complete epoch stays
+    keep_epoch(str(epochs), model, optimizer, 1, {}, keep=0)        # 0 keeps every epoch
+    keep_epoch(str(epochs), model, optimizer, 2, {}, keep=0)
+    assert sorted(p.name for p in epochs.iterdir()) == ["epoch-000", "epoch-001", "epoch-002"]

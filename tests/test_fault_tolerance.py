@@ -51,7 +51,7 @@ def wait_for(predicate, timeout: float, what: str):
 def test_killed_train_worker_resumes_from_last_checkpoint(quick_run):
     from wsss_ray.stages.train import train_classifier
     run_dir, cfg, _ = quick_run
-    train = dataclasses.replace(cfg.train, epochs=25)
+    train = dataclasses.replace(cfg.train, epochs=25, keep_epochs=0)      # keep all: the mtimes below tell
     epochs_dir = Path(run_dir, "checkpoints", "killed", "epochs")
     thread, box = run_in_thread(train_classifier, RunDir(run_dir), "killed", cfg.model, train)
     wait_for(lambda: (epochs_dir / "epoch-002" / "state.json").exists(), 240, "no epoch checkpoint appeared")

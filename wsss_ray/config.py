@@ -56,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # The authors' PolyOptimizer passes weight_decay into SGD's momentum slot, so
     # their "momentum" is 1e-4. We default to that value to reproduce their numbers
-    # and expose it as a knob (see docs/DECISIONS.md).
+    # and expose it as a knob (see docs/DESIGN.md).
     momentum: float = 1e-4
     optimizer: str = "sgd"            # sgd | adam
     poly_power: float = 0.9
@@ -66,6 +66,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     seed: int = 0
+    keep_epochs: int = 2              # epoch states kept for resuming; 0 = keep every epoch
     # ReCAM: lambda for the softmax cross-entropy term; 0 disables FC2 training.
     recam_lambda: float = 0.0
     recam_detach: bool = False

@@ -84,12 +84,12 @@ def latest_epoch(epochs_dir: str) -> str:
 def prune_epochs(epochs_dir: str, keep: int = 2) -> list[str]:
     """Delete the epoch directories older than the last ``keep`` complete ones (30 epochs of
     a ResNet-50 with its optimizer state would be ~9 GB); returns the deleted names. The
-    epoch a rerun resumes from always stays."""
+    epoch a rerun resumes from always stays; ``keep`` <= 0 keeps everything."""
     fs, path = open_fs(epochs_dir)
     names, done = _epoch_names(fs, path)
-    if len(done) <= max(keep, 1):
+    if keep <= 0 or len(done) <= keep:
         return []
-    stale = [n for n in names if n < done[-max(keep, 1)]]
+    stale = [n for n in names if n < done[-keep]]
     for name in stale:
         fs.delete_dir(f"{path}/{name}")
     return stale

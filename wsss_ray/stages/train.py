@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_epoch(tmp, model, optimizer, epoch, metrics)
-                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics)
+                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, cfg.keep_epochs)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
 
 
