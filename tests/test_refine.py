@@ -265,5 +265,5 @@ def test_main_job_runs_through_to_segmentation(quick_run, tmp_path):
     assert row["pseudo_mask"] == pytest.approx(pseudo) and row["segmentation"] == pytest.approx(seg)
     assert 0 < pseudo <= 1 and 0 < seg <= 1
     assert "| cam |" in (run / "eval" / "segmentation.md").read_text()
-    with pytest.raises(ValueError, match="no seeds"):
+    with pytest.raises(ValueError, match="not among --methods"):
         run_pipeline(dataclasses.replace(cfg, run_dir=str(run), methods=("cam",), segment=("lpcam",)))

@@ -28,6 +28,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--strict", action="store_true", help="fail fast on the first bad input item")
     p.add_argument("--segment", default="", help="comma list of methods to take on to IRN pseudo masks and "
                                                  "segmentation training (e.g. cam,lpcam)")
+    p.add_argument("--refiner", default="irn", choices=["irn", "crf"], help="--segment's pseudo masks")
 
 
 def config_from_args(args) -> PipelineConfig:
@@ -53,7 +54,7 @@ def config_from_args(args) -> PipelineConfig:
     model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
     segment = tuple(m for m in args.segment.split(",") if m)
     return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict,
-                               segment=segment, use_gpu_refine=args.gpu)
+                               segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu)
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,8 @@ class PipelineConfig:
     methods: tuple = ("cam", "lpcam", "lpcam_f")
     infercam: dict = field(default_factory=dict)
     advcam: dict = field(default_factory=dict)       # AdvCamConfig overrides, e.g. {"steps": 8}
-    segment: tuple = ()         # methods taken on to pseudo masks (IRN) and a segmentation network
+    segment: tuple = ()         # methods taken on to pseudo masks and a segmentation network
+    refiner: str = "irn"        # how seeds become pseudo masks: irn | crf
     use_gpu_refine: bool = False
     strict: bool = False
 
@@ -85,6 +86,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from wsss_ray.stages.session import ensure_ray
     from wsss_ray.stages.train import train_classifier
 
+    unknown = [m for m in cfg.segment if m not in cfg.methods]
+    if unknown:          # fail before hours of seed work, not after
+        raise ValueError(f"--segment {','.join(unknown)}: not among --methods {','.join(cfg.methods)}")
     run = RunDir(cfg.run_dir)
     ensure_ray()
     timings, results = {}, {}
@@ -164,18 +168,18 @@ def run_segmentation(cfg: PipelineConfig, run: RunDir, timed) -> dict:
     from wsss_ray.stages.segment import evaluate_segmentation, train_segmentation
 
     preset = refinement_preset(cfg.dataset)
-    refine = dataclasses.replace(REFINE_PRESETS[preset], use_gpu=cfg.use_gpu_refine)
+    refine = dataclasses.replace(REFINE_PRESETS[preset], refiner=cfg.refiner, use_gpu=cfg.use_gpu_refine)
     seg = dataclasses.replace(SEG_PRESETS[preset], use_gpu=cfg.use_gpu_refine)
     rows = {}
     for method in cfg.segment:
-        if not run.exists(run.eval_json(method)):
-            raise ValueError(f"--segment {method}: no seeds for it in this run (add it to --methods)")
-        masks = timed(f"pseudo_{method}", make_pseudo_masks, run.root, method, refine, strict=cfg.strict, log=log)
-        timed(f"seg_train_{method}", train_segmentation, run.root, method, seg)
-        result = timed(f"seg_eval_{method}", evaluate_segmentation, run.root, method, seg, strict=cfg.strict)
-        rows[method] = {"seed": run.read_json(run.eval_json(method))["best"]["miou"],
+        name = method if cfg.refiner == "irn" else f"{method}_{cfg.refiner}"      # masks/<name>, seg_<name>
+        masks = timed(f"pseudo_{name}", make_pseudo_masks, run.root, method, refine, strict=cfg.strict, log=log)
+        timed(f"seg_train_{name}", train_segmentation, run.root, name, seg, masks_name=name)
+        result = timed(f"seg_eval_{name}", evaluate_segmentation, run.root, name, seg, strict=cfg.strict)
+        rows[name] = {"seed": run.read_json(run.eval_json(method))["best"]["miou"],
                         "pseudo_mask": masks["pseudo_miou"],
-                        "segmentation": result["best"]["miou"], "preset": preset}
+                        "segmentation": result["best"]["miou"], "preset": preset,
+                      "refiner": cfg.refiner}
     run.write_text(run.uri("eval", "segmentation.md"), segmentation_table(rows) + "\n")
     return rows
 
