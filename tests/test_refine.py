@@ -249,21 +249,22 @@ def test_pseudo_mask_stage_on_quick_run(quick_run, tmp_path):
 
 @pytest.mark.slow
 def test_main_job_runs_through_to_segmentation(quick_run, tmp_path):
-    """``--segment cam`` on a finished quick run: seeds are found and skipped, then IRN pseudo
-    masks, segmentation training and its evaluation; one table of seed / pseudo / seg mIoU."""
+    """``--segment cam`` on a finished quick run: seeds are found and skipped, then pseudo
+    masks (the quick preset's CRF route), segmentation training and its evaluation; one
+    table of seed / pseudo / seg mIoU."""
     from wsss_ray.stages.pipeline import run_pipeline
     run_dir, cfg, _ = quick_run
     run = tmp_path / "run"
     for sub in ("manifest", "checkpoints/cam", "maps/cam", "eval"):
         shutil.copytree(Path(run_dir, sub), run / sub)
     summary = run_pipeline(dataclasses.replace(cfg, run_dir=str(run), methods=("cam",), segment=("cam",)))
-    row = summary["segmentation"]["cam"]
+    row = summary["segmentation"]["cam_crf"]
     assert summary["timings_s"]["train_cam"] < 5                     # skipped: the checkpoint was there
-    assert row["preset"] == "quick" and row["seed"] == summary["results"]["cam"]["miou"]
-    pseudo = json.loads((run / "eval" / "pseudo_cam.json").read_text())["best"]["miou"]
-    seg = json.loads((run / "eval" / "seg_cam.json").read_text())["best"]["miou"]
+    assert row["preset"] == "quick" and row["refiner"] == "crf" and row["seed"] == summary["results"]["cam"]["miou"]
+    pseudo = json.loads((run / "eval" / "pseudo_cam_crf.json").read_text())["best"]["miou"]
+    seg = json.loads((run / "eval" / "seg_cam_crf.json").read_text())["best"]["miou"]
     assert row["pseudo_mask"] == pytest.approx(pseudo) and row["segmentation"] == pytest.approx(seg)
     assert 0 < pseudo <= 1 and 0 < seg <= 1
-    assert "| cam |" in (run / "eval" / "segmentation.md").read_text()
+    assert "| cam_crf |" in (run / "eval" / "segmentation.md").read_text()
     with pytest.raises(ValueError, match="not among --methods"):
         run_pipeline(dataclasses.replace(cfg, run_dir=str(run), methods=("cam",), segment=("lpcam",)))

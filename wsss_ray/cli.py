@@ -28,7 +28,8 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--strict", action="store_true", help="fail fast on the first bad input item")
     p.add_argument("--segment", default="", help="comma list of methods to take on to IRN pseudo masks and "
                                                  "segmentation training (e.g. cam,lpcam)")
-    p.add_argument("--refiner", default="irn", choices=["irn", "crf"], help="--segment's pseudo masks")
+    p.add_argument("--refiner", default="", choices=["", "irn", "crf"],
+                   help="--segment's pseudo masks (default: crf on the demo worlds, irn on real data)")
 
 
 def config_from_args(args) -> PipelineConfig:

@@ -29,7 +29,7 @@ class PipelineConfig:
     infercam: dict = field(default_factory=dict)
     advcam: dict = field(default_factory=dict)       # AdvCamConfig overrides, e.g. {"steps": 8}
     segment: tuple = ()         # methods taken on to pseudo masks and a segmentation network
-    refiner: str = "irn"        # how seeds become pseudo masks: irn | crf
+    refiner: str = ""           # how seeds become pseudo masks: irn | crf; "" = the preset's (DEFAULT_REFINER)
     use_gpu_refine: bool = False
     strict: bool = False
 
@@ -153,6 +153,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     return summary
 
 
+# IRN needs a boundary head learnt from thousands of real images; on the small demo worlds
+# the CRF route is the one that lifts the seeds (docs/REFINEMENT.md has both measured).
+DEFAULT_REFINER = {"quick": "crf", "demo": "crf", "voc": "irn", "coco": "irn"}
+
+
 def refinement_preset(dataset: DatasetConfig) -> str:
     """The refine / segmentation preset for a dataset: quick and full demo, coco, voc."""
     if dataset.kind == "demo":
@@ -168,18 +173,19 @@ def run_segmentation(cfg: PipelineConfig, run: RunDir, timed) -> dict:
     from wsss_ray.stages.segment import evaluate_segmentation, train_segmentation
 
     preset = refinement_preset(cfg.dataset)
-    refine = dataclasses.replace(REFINE_PRESETS[preset], refiner=cfg.refiner, use_gpu=cfg.use_gpu_refine)
+    refiner = cfg.refiner or DEFAULT_REFINER[preset]
+    refine = dataclasses.replace(REFINE_PRESETS[preset], refiner=refiner, use_gpu=cfg.use_gpu_refine)
     seg = dataclasses.replace(SEG_PRESETS[preset], use_gpu=cfg.use_gpu_refine)
     rows = {}
     for method in cfg.segment:
-        name = method if cfg.refiner == "irn" else f"{method}_{cfg.refiner}"      # masks/<name>, seg_<name>
+        name = method if refiner == "irn" else f"{method}_{refiner}"      # masks/<name>, seg_<name>
         masks = timed(f"pseudo_{name}", make_pseudo_masks, run.root, method, refine, strict=cfg.strict, log=log)
         timed(f"seg_train_{name}", train_segmentation, run.root, name, seg, masks_name=name)
         result = timed(f"seg_eval_{name}", evaluate_segmentation, run.root, name, seg, strict=cfg.strict)
         rows[name] = {"seed": run.read_json(run.eval_json(method))["best"]["miou"],
                         "pseudo_mask": masks["pseudo_miou"],
                         "segmentation": result["best"]["miou"], "preset": preset,
-                      "refiner": cfg.refiner}
+                      "refiner": refiner}
     run.write_text(run.uri("eval", "segmentation.md"), segmentation_table(rows) + "\n")
     return rows
 
