@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from wsss_ray.refine.crf import CRFParams, crf_inference_label, crf_inference_probs, dense_crf, unary_from_labels
-from wsss_ray.refine.irn import (BoundaryNet, affinity_loss, conf_thresholds, confident_labels, pair_labels,
-                                 rw_pseudo_mask, threshold_labels)
+from wsss_ray.refine.irn import (BoundaryNet, affinity_loss, conf_thresholds, confident_labels, displacement_loss,
+                                 irn_loss, pair_labels, rw_pseudo_mask, threshold_labels)
 from wsss_ray.refine.random_walk import (affinity_field, full_offsets, half_offsets, propagate, random_walk,
                                          random_walk_dense, transition_dense, transition_sparse)
 
@@ -194,6 +194,58 @@ def test_pair_labels_and_affinity_loss_gradient():
     # the boundary between the two labels (columns 1-2) is pushed up, inside a region down
     assert logits.grad[0, 0, 0, 1] < 0 or logits.grad[0, 0, 0, 2] < 0
     assert logits.grad[0, 0, 1, 3] > 0
+
+
+def test_displacement_loss_by_hand_on_one_row():
+    """Cells (0,0), (0,1) are one object, (0,2) background; radius 2 leaves one in-row offset,
+    (0, 1). A zero field misses that pair's target D(p) - D(p + o) = (0, 1) by 1 in L1, and
+    there is no background pair: loss = (1 + 0) / 2."""
+    labels = torch.tensor([[[1, 1, 0]]])
+    loss, parts = displacement_loss(torch.zeros(1, 2, 1, 3), labels, radius=2)
+    assert parts["dp_fg"] == pytest.approx(1.0, rel=1e-4) and parts["dp_bg"] == 0.0  # (the means carry +1e-5)
+    assert loss.item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_displacement_loss_is_zero_for_the_centroid_field_only():
+    """D = centroid - position inside each object and 0 on the background: no loss at all."""
+    labels = torch.zeros(1, 8, 9, dtype=torch.long)
+    labels[0, 1:4, 1:5] = 1
+    labels[0, 5:8, 4:9] = 2
+    labels[0, 0, 8] = 255
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(9.0), indexing="ij")
+    field = torch.zeros(1, 2, 8, 9)
+    for k in (1, 2):
+        inside = labels[0] == k
+        field[0, 0][inside] = ys[inside].mean() - ys[inside]
+        field[0, 1][inside] = xs[inside].mean() - xs[inside]
+    loss, parts = displacement_loss(field, labels, radius=4)
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+    wrong = field.clone().requires_grad_(True)
+    with torch.no_grad():
+        wrong[0, :, 2, 2] += 1.0                       # one cell points elsewhere
+    loss, parts = displacement_loss(wrong, labels, radius=4)
+    loss.backward()
+    assert parts["dp_fg"] > 0 and wrong.grad[0, :, 2, 2].abs().sum() > 0
+
+
+def test_irn_net_trains_both_branches_in_one_forward():
+    from wsss_ray.models.backbones import build_backbone
+    torch.manual_seed(0)
+    net = BoundaryNet(build_backbone("tiny", "none"), stride=2)
+    boundary, displacement = net(torch.rand(2, 3, 32, 32), with_displacement=True)
+    assert boundary.shape == (2, 1, 16, 16) and displacement.shape == (2, 2, 16, 16)
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[:, 4:10, 4:12] = 1
+    loss, parts = irn_loss(boundary, displacement, labels, radius=3)
+    loss.backward()
+    assert {"fg_pos", "bg_pos", "neg", "dp_fg", "dp_bg"} == set(parts)
+    assert net.displace[0].weight.grad.abs().sum() > 0 and net.fuse[0].weight.grad.abs().sum() > 0
+    assert any(k.startswith("displace.") for k in net.head_state())
+    # the branches share only the frozen backbone: the displacement loss leaves the boundary be
+    net.zero_grad()
+    boundary, displacement = net(torch.rand(2, 3, 32, 32), with_displacement=True)
+    displacement_loss(displacement, labels, radius=3)[0].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in [*net.fuse.parameters(), *net.reduce.parameters()])
 
 
 def test_boundary_net_shapes_and_frozen_backbone():

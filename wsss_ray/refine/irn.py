@@ -1,9 +1,11 @@
-"""IRN's refinement (CVPR 2019), reduced to what the three methods use: confident labels from
-seeds, a boundary head on the frozen classifier, the affinity loss, and the random-walk
-pseudo mask. Pure torch; the stage (wsss_ray/stages/refine.py) adds Ray around it.
+"""IRN's refinement (CVPR 2019): confident labels from seeds, the inter-pixel relation
+network on the frozen classifier (boundary and displacement branches, trained together on
+IRN's two losses), and the random-walk pseudo mask. Pure torch; the stage
+(wsss_ray/stages/refine.py) adds Ray around it.
 
 Label convention everywhere: 0 background, class id + 1 foreground, 255 ignore.
-The displacement branch (instance segmentation) is left out: semantic pseudo masks only.
+The displacement field is trained and stored; the semantic pseudo mask uses the boundary
+only, as in IRN. IRN's instance masks (centroids from the field) are not built.
 """
 from __future__ import annotations
 
@@ -79,9 +81,12 @@ def tap_modules(backbone: nn.Module) -> list[nn.Module]:
 
 
 class BoundaryNet(nn.Module):
-    """A boundary head on a frozen backbone: each tapped stage -> 1x1 conv (16 ch), resized
+    """IRN's two branches on a frozen backbone: each tapped stage -> 1x1 conv (16 ch), resized
     to the output stride; a two-layer stem on the image adds colour edges the frozen stages
-    may have pooled away; a 3x3 + 1x1 fuse gives boundary logits.
+    may have pooled away; a 3x3 + 1x1 fuse gives boundary logits. The displacement branch
+    has its own 1x1 reductions of the same taps and its own 3x3 + 1x1 (2 channels: dy, dx in
+    output-grid cells, from a cell to its instance's centroid): as in IRN, the two branches
+    share only the frozen backbone, so the displacement loss never moves the boundary.
 
     ``stride`` is the output (and random-walk) grid: IRN's 4, or 2 / 1 for small images
     (the 112 px demo world: at stride 4 its objects span a handful of cells)."""
@@ -102,6 +107,9 @@ class BoundaryNet(nn.Module):
                                   nn.Conv2d(width, width, 3, s2, 1), nn.ReLU(inplace=True))
         self.fuse = nn.Sequential(nn.Conv2d(width * (len(dims) + 1), 2 * width, 3, 1, 1), nn.ReLU(inplace=True),
                                   nn.Conv2d(2 * width, 1, 1))
+        self.reduce_dp = nn.ModuleList(nn.Sequential(nn.Conv2d(d, width, 1), nn.ReLU(inplace=True)) for d in dims)
+        self.displace = nn.Sequential(nn.Conv2d(width * len(dims), 2 * width, 3, 1, 1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(2 * width, 2, 1))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -118,13 +126,19 @@ class BoundaryNet(nn.Module):
                 h.remove()
         return outs
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Boundary logits (N, 1, ceil(H/stride), ceil(W/stride))."""
+    def forward(self, images: torch.Tensor, with_displacement: bool = False):
+        """Boundary logits (N, 1, ceil(H/stride), ceil(W/stride)); with ``with_displacement``
+        also the displacement field (N, 2, same size). One call returns both so that DDP
+        sees every trained parameter in its forward."""
         size = (-(-images.shape[2] // self.stride), -(-images.shape[3] // self.stride))
-        parts = [F.interpolate(r(f), size=size, mode="bilinear", align_corners=False)
-                 for r, f in zip(self.reduce, self._tapped(images))]
+        taps = self._tapped(images)
+        parts = [F.interpolate(r(f), size=size, mode="bilinear", align_corners=False) for r, f in zip(self.reduce, taps)]
         parts.append(F.interpolate(self.stem(images), size=size, mode="bilinear", align_corners=False))
-        return self.fuse(torch.cat(parts, 1))
+        boundary = self.fuse(torch.cat(parts, 1))
+        if not with_displacement:
+            return boundary
+        dp = [F.interpolate(r(f), size=size, mode="bilinear", align_corners=False) for r, f in zip(self.reduce_dp, taps)]
+        return boundary, self.displace(torch.cat(dp, 1))
 
     def head_state(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
@@ -174,6 +188,36 @@ def affinity_loss(boundary_logits: torch.Tensor, labels: torch.Tensor, radius: i
     fg, bg, ng = mean_over(fg_pos, pos_loss), mean_over(bg_pos, pos_loss), mean_over(neg, neg_loss)
     total = (fg / 2 + bg / 2 + ng) / 2
     return total, {"fg_pos": float(fg.detach()), "bg_pos": float(bg.detach()), "neg": float(ng.detach())}
+
+
+def displacement_loss(displacement: torch.Tensor, labels: torch.Tensor, radius: int = 10) -> tuple[torch.Tensor, dict]:
+    """IRN's displacement loss. The field D points from each cell to its instance's centroid,
+    so for two cells p and p + o of one foreground region D(p) - D(p + o) = o; background
+    cells share one (zero) displacement, so there D(p) - D(p + o) = 0. L1 on both, the
+    foreground and background halves weighted equally.
+
+    displacement (N, 2, h, w) in grid cells (dy, dx); labels (N, h, w) at the same size."""
+    offsets = half_offsets(radius)
+    fg_pos, bg_pos, _ = pair_labels(labels, offsets)
+    diff = torch.stack([displacement - shift(displacement, dy, dx, 0.0) for dy, dx in offsets])   # (K, N, 2, h, w)
+    target = torch.tensor(offsets, dtype=displacement.dtype, device=displacement.device)[:, None, :, None, None]
+    fg_err = (diff - target).abs().sum(2)             # (K, N, h, w)
+    bg_err = diff.abs().sum(2)
+
+    def mean_over(mask, values):
+        mask = mask.to(values.dtype)
+        return (mask * values).sum() / (mask.sum() + 1e-5)
+
+    fg, bg = mean_over(fg_pos, fg_err), mean_over(bg_pos, bg_err)
+    return (fg + bg) / 2, {"dp_fg": float(fg.detach()), "dp_bg": float(bg.detach())}
+
+
+def irn_loss(boundary_logits: torch.Tensor, displacement: torch.Tensor, labels: torch.Tensor,
+             radius: int = 10) -> tuple[torch.Tensor, dict]:
+    """IRN's training objective: the affinity loss plus the displacement loss."""
+    aff, aff_parts = affinity_loss(boundary_logits, labels, radius)
+    dp, dp_parts = displacement_loss(displacement, labels, radius)
+    return aff + dp, {**aff_parts, **dp_parts}
 
 
 # ------------------------------------------------------------------ random-walk pseudo mask

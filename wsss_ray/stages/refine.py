@@ -33,8 +33,8 @@ from wsss_ray.data.images import absolute_root, load_mask, load_rgb
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.metrics import full_resolution, gt_at, threshold_confusions
 from wsss_ray.refine.crf import CRFParams
-from wsss_ray.refine.irn import (BoundaryNet, WalkParams, affinity_loss, conf_thresholds, confident_labels,
-                                 crf_pseudo_mask, downsample_labels, infer_boundary, rw_pseudo_mask)
+from wsss_ray.refine.irn import (BoundaryNet, WalkParams, conf_thresholds, confident_labels, crf_pseudo_mask,
+                                 downsample_labels, infer_boundary, irn_loss, rw_pseudo_mask)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.store import decode_maps, join_uri, list_shards, open_fs, write_table_atomic
@@ -231,7 +231,8 @@ def load_boundary_net(irn_dir: str):
     classifier, model_cfg, _ = load_classifier(meta["classifier"])
     net = BoundaryNet(classifier.backbone, stride=int(meta["refine"].get("net_stride", 4)))
     missing, unexpected = net.load_state_dict(load_state(irn_dir), strict=False)
-    if unexpected or any(not k.startswith("backbone.") for k in missing):
+    # heads saved before the displacement branch existed still serve the walk (boundary only)
+    if unexpected or any(not k.startswith(("backbone.", "displace.", "reduce_dp.")) for k in missing):
         raise ValueError(f"{irn_dir}: boundary head does not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return net, model_cfg
 
@@ -309,12 +310,14 @@ def boundary_loop_per_worker(config: dict) -> None:
                 group["lr"] = poly_lr(group["initial_lr"], epoch * steps + step, steps * cfg.epochs)
             x, y = _boundary_batch(rows, order[step * per_worker:(step + 1) * per_worker], conf, rng, cfg,
                                    model_cfg, bad)
-            loss, _ = affinity_loss(net(x.to(device)), y.to(device), cfg.train_radius)
+            boundary, displacement = net(x.to(device), with_displacement=True)
+            loss, parts = irn_loss(boundary, displacement, y.to(device), cfg.train_radius)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start}
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start,
+                   **{f"last_{k}": v for k, v in parts.items()}}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_epoch(tmp, net, optimizer, epoch, metrics)
