@@ -2,12 +2,13 @@
 and dollar cost of a COCO train2014-sized flow (82,783 images) on N workers.
 
 It runs nothing itself: it reads finished runs of ``jobs/lpcam_coco.py`` (their
-``eval/summary.json`` timings, ``config.json`` and artifact sizes). Runs that share one
-manifest can be combined, e.g. the coco_tiny reference run (CAM, LPCAM), its ReCAM
-continuation and its InferCam continuation:
+``eval/summary.json`` timings, ``config.json`` and artifact sizes). Several runs can be
+combined, each stage's time divided by its own run's image count (a later run's figure
+wins for a stage both ran), e.g. the coco_tiny reference run (CAM, LPCAM), its ReCAM
+continuation and an InferCam run on 80 of its images:
 
     PYTHONPATH=. .venv/bin/python benchmarks/scaling_plan.py \
-        --run-dirs /tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf
+        --run-dirs /tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf40
 
 Cost unit: core-seconds per image = stage wall seconds x cores the stage kept busy / images.
 Every stage here saturates the machine's cores (2 actors or 2 Ray Train workers on 2 cores),
@@ -51,26 +52,24 @@ def dir_bytes(path: str) -> int:
     return total
 
 
-def stage_costs(run_dirs: list[str], cores: int) -> tuple[dict, int, dict]:
-    """Core-seconds per image of every timed stage (a later run's figure wins for a stage it ran)."""
-    costs, sources, images, config = {}, {}, 0, {}
+def stage_costs(run_dirs: list[str], cores: int) -> tuple[dict, dict, dict]:
+    """Core-seconds per image of every timed stage, each divided by its own run's image count
+    (a later run's figure wins for a stage it ran); also the image count of each run."""
+    costs, images, config = {}, {}, {}
     for run in run_dirs:
         summary = json.load(open(os.path.join(run, "eval", "summary.json")))
         config = config or json.load(open(os.path.join(run, "config.json")))
         manifest, _ = read_manifest(os.path.join(run, "manifest"))
-        images = images or manifest.num_rows
-        if manifest.num_rows != images:
-            raise ValueError(f"{run} has {manifest.num_rows} images, the first run {images}: not one manifest")
+        images[run] = manifest.num_rows
         for stage, seconds in summary["timings_s"].items():
             skipped = seconds < 0.5 and stage.startswith(("train_", "maps_", "lpcam_features"))
             if skipped or stage == "manifest":
                 continue
-            costs[stage] = seconds * cores / images
-            sources[stage] = run
-    return {k: {"core_seconds_per_image": v, "run": sources[k]} for k, v in costs.items()}, images, config
+            costs[stage] = {"core_seconds_per_image": seconds * cores / images[run], "run": run}
+    return costs, images, config
 
 
-def disk_usage(run_dirs: list[str], images: int) -> dict:
+def disk_usage(run_dirs: list[str], images: dict) -> dict:
     """Bytes per image of per-image artifacts; whole-run bytes of the fixed ones."""
     out = {}
     for run in run_dirs:
@@ -83,7 +82,7 @@ def disk_usage(run_dirs: list[str], images: int) -> dict:
             for name in names:
                 size = dir_bytes(os.path.join(base, name))
                 key = f"{kind}/{name}".rstrip("/")
-                out.setdefault(key, {"bytes_per_image": size / images} if kind not in FIXED else {"bytes": size})
+                out.setdefault(key, {"bytes_per_image": size / images[run]} if kind not in FIXED else {"bytes": size})
     return out
 
 
@@ -130,7 +129,7 @@ def project(costs: dict, images: int, workers: list[int], cores_per_worker: int,
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dirs", default="/tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf")
+    p.add_argument("--run-dirs", default="/tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf40")
     p.add_argument("--job-logs", default="", help="comma list of the jobs' stdout logs (peak object store)")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="cores of the machine that made the runs")
     p.add_argument("--images", type=int, default=COCO_TRAIN2014)
@@ -142,7 +141,7 @@ def main():
     args = p.parse_args()
     runs = [r for r in args.run_dirs.split(",") if os.path.exists(os.path.join(r, "eval", "summary.json"))]
     costs, images, config = stage_costs(runs, args.cores)
-    print(f"{images} images, runs: {runs}")
+    print(f"runs and their images: {images}")
     for stage, c in costs.items():
         show(f"{stage} core-s/image", c["core_seconds_per_image"])
     disk = disk_usage(runs, images)
@@ -160,7 +159,7 @@ def main():
             continue
         show(f"{row['flow']}: {row['workers']} x {args.cores_per_worker} cores",
              f"{row['wall_hours']:.2f} h, ${row['dollars']:.0f}")
-    write_results("scaling_plan", {"args": vars(args), "runs": runs, "images_measured": images,
+    write_results("scaling_plan", {"args": vars(args), "runs": runs, "images_per_run": images,
                                    "config": {"cam": config["cam"], "train": config["train"], "model": config["model"]},
                                    "stage_costs": costs, "disk": disk, "object_store": store, "projection": plan})
 
