@@ -3,8 +3,8 @@ and dollar cost of a COCO train2014-sized flow (82,783 images) on N workers.
 
 It runs nothing itself: it reads finished runs of ``jobs/lpcam_coco.py`` (their
 ``eval/summary.json`` timings, ``config.json`` and artifact sizes). Several runs can be
-combined, each stage's time divided by its own run's image count (a later run's figure
-wins for a stage both ran), e.g. the coco_tiny reference run (CAM, LPCAM), its ReCAM
+combined, each stage's time divided by its own run's image count (the first run listed
+that timed a stage gives its figure: list the cleanest first), e.g. the coco_tiny reference run (CAM, LPCAM), its ReCAM
 continuation and an InferCam run on 80 of its images:
 
     PYTHONPATH=. .venv/bin/python benchmarks/scaling_plan.py \
@@ -54,7 +54,7 @@ def dir_bytes(path: str) -> int:
 
 def stage_costs(run_dirs: list[str], cores: int) -> tuple[dict, dict, dict]:
     """Core-seconds per image of every timed stage, each divided by its own run's image count
-    (a later run's figure wins for a stage it ran); also the image count of each run."""
+    (the first run listed that timed a stage gives its figure); also each run's image count."""
     costs, images, config = {}, {}, {}
     for run in run_dirs:
         summary = json.load(open(os.path.join(run, "eval", "summary.json")))
@@ -65,7 +65,7 @@ def stage_costs(run_dirs: list[str], cores: int) -> tuple[dict, dict, dict]:
             skipped = seconds < 0.5 and stage.startswith(("train_", "maps_", "lpcam_features"))
             if skipped or stage == "manifest":
                 continue
-            costs[stage] = {"core_seconds_per_image": seconds * cores / images[run], "run": run}
+            costs.setdefault(stage, {"core_seconds_per_image": seconds * cores / images[run], "run": run})
     return costs, images, config
 
 
