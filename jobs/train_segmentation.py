@@ -48,12 +48,13 @@ def main() -> None:
     p.add_argument("--eval-split", default="val", help="falls back to train when the manifest has no such split")
     p.add_argument("--limit", type=int, default=0, help="first N images for training and for evaluation")
     p.add_argument("--max-side", type=int, default=0, help="evaluate at this long side (0 = native)")
+    p.add_argument("--eval-crf", action="store_true", help="dense CRF on the predictions before scoring")
     p.add_argument("--gpu", action="store_true")
     args = p.parse_args()
     cfg = seg_config(SEG_PRESETS[preset_name(args)], arch=args.arch, backbone_weights=args.backbone_weights,
                      iterations=args.iterations, batch_size=args.batch_size, crop_size=args.crop_size,
                      num_workers=args.num_workers)
-    cfg = dataclasses.replace(cfg, use_gpu=args.gpu)
+    cfg = dataclasses.replace(cfg, use_gpu=args.gpu, eval_crf=args.eval_crf)
     ensure_ray()
     train = train_segmentation(args.run_dir, args.method, cfg, args.saliency_dir, args.masks, args.limit)
     print(json.dumps(train, indent=1, default=str), flush=True)

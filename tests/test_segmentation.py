@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss_ray.models.segmentation import (SEG_PRESETS, ASPPv2, augment_pair, build_segmenter, pad_batch,
-                                          predict_multiscale, segmentation_loss)
+                                          predict_mask, predict_multiscale, segmentation_loss)
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +172,21 @@ def test_two_worker_segmentation_step_with_saliency(ray_session, quick_run, tmp_
     assert sorted(table.column("image_id").to_pylist()) == sorted(ids[:2])
     pred = decode_png(table.slice(0, 1).to_pylist()[0]["png"])
     assert pred.shape == (112, 112) and pred.max() < 6
+
+
+def test_predict_mask_with_and_without_crf():
+    """Without CRF the mask is the argmax of the multi-scale + flip probabilities; with CRF it
+    is the argmax of the CRF's marginals from those probabilities and the RGB image."""
+    from wsss_ray.refine.crf import crf_inference_probs
+    torch.manual_seed(0)
+    model = build_segmenter("tiny", 3, "none", "none", False).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    x = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+    with torch.no_grad():
+        probs = predict_multiscale(model, x, scales=(1.0,), flip=True)
+        plain = predict_mask(model, x, image, scales=(1.0,), flip=True)
+        refined = predict_mask(model, x, image, scales=(1.0,), flip=True, crf=True)
+    assert plain.shape == refined.shape == (40, 48) and plain.dtype == np.uint8
+    assert np.array_equal(plain, probs.argmax(0).numpy())
+    assert np.array_equal(refined, crf_inference_probs(image, probs.numpy()).argmax(0))

@@ -51,6 +51,7 @@ class SegConfig:
     saliency_alpha: float = 0.08      # InferCam's alpha, used when a saliency dir is given
     eval_scales: tuple = (0.5, 0.75, 1.0, 1.25, 1.5)
     eval_flip: bool = True
+    eval_crf: bool = False            # dense CRF on the predicted probabilities (the papers' optional step)
     num_workers: int = 2
     use_gpu: bool = False
     seed: int = 0
@@ -277,6 +278,17 @@ def predict_multiscale(model: nn.Module, x: torch.Tensor, scales=(1.0,), flip: b
 
 
 # ------------------------------------------------------------------ artifacts
+
+
+def predict_mask(model: nn.Module, x: torch.Tensor, image: np.ndarray, scales=(1.0,), flip: bool = True,
+                 crf: bool = False) -> np.ndarray:
+    """Label mask (H, W) uint8 of one normalised image x (1, 3, H, W): multi-scale + flip
+    probabilities, optionally refined by the dense CRF on the RGB ``image`` (H, W, 3), argmax."""
+    probs = predict_multiscale(model, x, scales, flip).cpu()
+    if crf:
+        from wsss_ray.refine.crf import crf_inference_probs
+        probs = torch.from_numpy(crf_inference_probs(image, probs.numpy()))
+    return probs.argmax(0).numpy().astype(np.uint8)
 
 
 def save_segmenter(model: nn.Module, meta: dict, directory: str) -> None:

@@ -20,7 +20,7 @@ from wsss_ray.data.errors import ItemError
 from wsss_ray.data.images import absolute_root, load_mask, load_rgb
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.segmentation import (SegConfig, augment_pair, build_seg_optimizer, build_segmenter,
-                                          load_segmenter, pad_batch, predict_multiscale, save_segmenter,
+                                          load_segmenter, pad_batch, predict_mask, save_segmenter,
                                           segmentation_loss)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
@@ -189,23 +189,24 @@ def train_segmentation(run_dir: str, method: str, cfg: SegConfig, saliency_dir: 
 class SegPredictProcessor:
     """Loads the segmenter once per actor; writes the chunk's predicted masks."""
 
-    def __init__(self, model_dir: str, output_dir: str, scales: tuple, flip: bool, use_gpu: bool):
+    def __init__(self, model_dir: str, output_dir: str, scales: tuple, flip: bool, use_gpu: bool, crf: bool = False):
         from wsss_ray.cams.training import normalise_image
         from wsss_ray.stages.extract import pick_device
         self.device = pick_device(use_gpu)
         self.model, _ = load_segmenter(model_dir)
         self.model.to(self.device)
         self.normalise = normalise_image
-        self.output_dir, self.scales, self.flip = output_dir, tuple(scales), flip
+        self.output_dir, self.scales, self.flip, self.crf = output_dir, tuple(scales), flip, crf
 
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
         out = []
         for row in rows:
             if row["image_id"] not in images:
                 continue
-            x = torch.from_numpy(self.normalise(images[row["image_id"]], IMAGENET_MEAN, IMAGENET_STD))[None]
-            probs = predict_multiscale(self.model, x.to(self.device), self.scales, self.flip)
-            out.append(mask_row(row["image_id"], probs.argmax(0).cpu().numpy().astype(np.uint8)))
+            image = images[row["image_id"]]
+            x = torch.from_numpy(self.normalise(image, IMAGENET_MEAN, IMAGENET_STD))[None]
+            mask = predict_mask(self.model, x.to(self.device), image, self.scales, self.flip, self.crf)
+            out.append(mask_row(row["image_id"], mask))
         fs, path = open_fs(self.output_dir)
         write_table_atomic(pa.Table.from_pylist(out, schema=MASKS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
         return []
@@ -232,14 +233,14 @@ def evaluate_segmentation(run_dir: str, method: str, cfg: SegConfig, split: str 
     chunks = plan_chunks(table, chunk_size)
     todo = pending_chunks(chunks, output_dir)
     factory = _Factory(SegPredictProcessor, model_dir=run.uri("checkpoints", f"seg_{method}"), output_dir=output_dir,
-                       scales=tuple(cfg.eval_scales), flip=cfg.eval_flip, use_gpu=cfg.use_gpu)
+                       scales=tuple(cfg.eval_scales), flip=cfg.eval_flip, use_gpu=cfg.use_gpu, crf=cfg.eval_crf)
     start = time.perf_counter()
     run_chunked(todo, factory, run.uri("errors", f"seg_{method}"), f"seg_{method}", num_actors=num_actors,
                 use_gpu=cfg.use_gpu, max_side=max_side, strict=strict)
     ids = table.column("image_id").to_pylist()
     pseudo = run.eval_json(f"pseudo_{method}")
     result = evaluate_masks(run, f"seg/{method}", f"seg_{method}", _dataset_name(run), ids, {
-        "kind": "segmentation", "split": used, "eval_scales": list(cfg.eval_scales), "eval_flip": cfg.eval_flip,
+        "kind": "segmentation", "split": used, "eval_scales": list(cfg.eval_scales), "eval_flip": cfg.eval_flip, "eval_crf": cfg.eval_crf,
         "pseudo_best": run.read_json(pseudo)["best"] if run.exists(pseudo) else {}})
     result["seconds"] = time.perf_counter() - start
     return result
