@@ -86,3 +86,21 @@ def test_empty_input():
     c = spherical_kmeans(np.zeros((0, 5), np.float32), 4, use_gpu=False)
     assert c.prototypes.shape == (0, 5)
     assert len(c.sizes) == 0 and len(c.assign) == 0
+
+
+def test_classes_are_dealt_to_at_most_one_task_per_slot():
+    from wsss_ray.stages.prototypes import cluster_task_groups
+    assert cluster_task_groups(5, 2) == [[0, 2, 4], [1, 3]]
+    assert cluster_task_groups(3, 16) == [[0], [1], [2]]
+    assert cluster_task_groups(4, 0) == [[0, 1, 2, 3]]
+    groups = cluster_task_groups(80, 6)
+    assert len(groups) == 6 and sorted(c for g in groups for c in g) == list(range(80))
+
+
+def test_the_clustering_task_module_does_not_import_torch():
+    """Its workers start in 0.3 s instead of 3.4 s: that is most of the clustering step."""
+    import subprocess
+    import sys
+    code = "import sys, wsss_ray.stages.cluster_tasks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -93,6 +93,31 @@ def test_lpcam_features_sampled_once_per_image_and_class(quick_run):
     assert protos["classes_without_prototypes"] == []
 
 
+def test_features_sampled_in_the_cam_pass_equal_the_stand_alone_stage(quick_run, tmp_path):
+    """The CAM pass sampled the features (the stand-alone stage then had nothing left to do);
+    the stand-alone stage over the same CAM shards writes the same shards, row for row."""
+    from wsss_ray.stages.prototypes import sample_features
+    run_dir, cfg, summary = quick_run
+    assert summary["timings_s"]["lpcam_features_in_cam_pass"] > 0
+    again = sample_features(RunDir(run_dir), str(Path(run_dir, "checkpoints", "cam")), cfg.lpcam, cfg.cam)
+    assert again["chunks_run"] == 0
+    copy = tmp_path / "run"
+    for part in ("manifest", "checkpoints/cam", "maps/cam"):
+        shutil.copytree(Path(run_dir, part), copy / part)
+    alone = sample_features(RunDir(str(copy)), str(copy / "checkpoints" / "cam"), cfg.lpcam, cfg.cam)
+    assert alone["chunks_run"] == 3 and alone["images"] == 96
+    fused_files = sorted(p.relative_to(Path(run_dir, "features")) for p in Path(run_dir, "features").rglob("*.parquet"))
+    alone_files = sorted(p.relative_to(copy / "features") for p in (copy / "features").rglob("*.parquet"))
+    assert fused_files == alone_files and len(fused_files) > 3
+    for rel in fused_files:
+        fused, other = pq.read_table(Path(run_dir, "features", rel)), pq.read_table(copy / "features" / rel)
+        assert fused.column("image_id").to_pylist() == other.column("image_id").to_pylist(), rel
+        if "feature" in fused.column_names:
+            a = fused.column("feature").combine_chunks().flatten().to_numpy()
+            b = other.column("feature").combine_chunks().flatten().to_numpy()
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=str(rel))
+
+
 def test_bad_images_become_error_rows_and_the_rest_completes(quick_run, tmp_path):
     from wsss_ray.stages.extract import extract_maps
     from wsss_ray.stages.manifest import build_manifest

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+FG, CONTEXT = "fg", "context"    # the two kinds of features and prototypes LPCAM clusters
+
 
 @dataclass
 class Clusters:

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, with_flips
-
-FG, CONTEXT = "fg", "context"
+from wsss_ray.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
 
 
 @dataclass

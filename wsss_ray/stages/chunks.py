@@ -71,7 +71,9 @@ class ChunkActor:
     """Loads a chunk processor once; calls it on each decoded chunk and records errors.
 
     ``processor_factory()`` returns an object with ``process(chunk_id, rows, images)``
-    that writes the chunk's output and returns a list of (item, reason) errors.
+    that writes the chunk's output and returns a list of (item, reason) errors. A processor
+    that does side work in the same pass (LPCAM feature sampling during CAM extraction)
+    reports its time in ``side_seconds`` after each chunk.
     """
 
     def __init__(self, processor_factory: Callable, errors_dir: str, stage: str):
@@ -80,7 +82,7 @@ class ChunkActor:
         self.stage = stage
 
     def __call__(self, batch: dict) -> dict:
-        out = {"chunk_id": [], "num_images": [], "num_errors": [], "seconds": []}
+        out = {"chunk_id": [], "num_images": [], "num_errors": [], "seconds": [], "side_seconds": []}
         for chunk_id, rows_json, packed, errors_json in zip(batch["chunk_id"], batch["rows_json"],
                                                             batch["images"], batch["errors_json"]):
             start = time.perf_counter()
@@ -96,6 +98,7 @@ class ChunkActor:
             out["num_images"].append(len(images))
             out["num_errors"].append(len(errors))
             out["seconds"].append(time.perf_counter() - start)
+            out["side_seconds"].append(float(getattr(self.processor, "side_seconds", 0.0)))
         return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -1,7 +1,9 @@
 """Map extraction on the Ray Data actor pool: CAM, ReCAM (weight variants), LPCAM, InferCam.
 
 Writes ``maps/<name>/part-NNNNN.parquet`` (schema ``store.MAPS_SCHEMA``) and per-chunk
-error tables under ``errors/maps_<name>/``.
+error tables under ``errors/maps_<name>/``. The CAM pass can also sample LPCAM's features
+(``feature_sampling``): the images are decoded and the model loaded already, so the prototype
+stage costs one scale-1.0 forward of the sampled images instead of a second Ray Data pass.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import torch
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
 from wsss_ray.cams.training import normalise_image
-from wsss_ray.config import CamConfig
+from wsss_ray.config import CamConfig, LPCAMConfig
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
-from wsss_ray.store import MAPS_SCHEMA, map_row, open_fs, write_table_atomic
+from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, has_samples, with_sample_classes
+from wsss_ray.store import MAPS_SCHEMA, decode_maps, map_row, open_fs, write_table_atomic
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -55,7 +58,7 @@ class ModelRunner:
 
 class MapProcessor(ModelRunner):
     def __init__(self, checkpoint_dir: str, kind: str, params: dict, cam_cfg: CamConfig, output_dir: str,
-                 prototypes_path: str = ""):
+                 prototypes_path: str = "", features_dir: str = "", lpcam_cfg: LPCAMConfig | None = None):
         super().__init__(checkpoint_dir, cam_cfg.use_gpu)
         params = dict(params, scales=tuple(cam_cfg.scales), flip=cam_cfg.flip)
         if prototypes_path:
@@ -64,39 +67,75 @@ class MapProcessor(ModelRunner):
         self.map_fn = build_map_fn(kind, self.model, params)
         self.cfg = cam_cfg
         self.output_dir = output_dir
+        self.sampler = FeatureSampler(features_dir, lpcam_cfg, self.model.backbone.out_channels) \
+            if features_dir else None
+        self.side_seconds = 0.0
 
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
         out_rows = []
+        sampling = self.sampler is not None and has_samples(rows)
+        if sampling:
+            self.sampler.seconds = 0.0
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
             h, w = images[batch[0]["image_id"]].shape[:2]
             x = self.tensor([images[r["image_id"]] for r in batch])
             maps = self.map_fn(x, [r["labels"] for r in batch], strided_size(h, w, self.cfg.store_stride))
-            out_rows += [map_row(r["image_id"], r["labels"], h, w, m.float().cpu().numpy())
-                         for r, m in zip(batch, maps)]
+            batch_rows = [map_row(r["image_id"], r["labels"], h, w, m.float().cpu().numpy())
+                          for r, m in zip(batch, maps)]
+            if sampling:
+                self.sample_features(batch, x, batch_rows)
+            out_rows += batch_rows
+        if sampling:        # before the maps shard, which marks the chunk done for both
+            self.sampler.write(chunk_id)
+        self.side_seconds = self.sampler.seconds if sampling else 0.0
         out_rows.sort(key=lambda r: r["image_id"])
         fs, path = open_fs(self.output_dir)
         write_table_atomic(pa.Table.from_pylist(out_rows, schema=MAPS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
         return []
 
+    def sample_features(self, batch: list[dict], x: torch.Tensor, map_rows: list[dict]) -> None:
+        """LPCAM features of the batch's sampled images, split by the CAM just computed, read
+        back at storage precision (as the stand-alone stage reads it from the shard)."""
+        picked = [j for j, r in enumerate(batch) if r.get("sample_classes")]
+        if not picked:
+            return
+        start = time.perf_counter()
+        feats = self.model.features(x[picked])
+        self.sampler.seconds += time.perf_counter() - start
+        for f, j in zip(feats, picked):
+            stored = torch.from_numpy(decode_maps(map_rows[j]["data"], map_rows[j]["map_shape"]))
+            self.sampler.add(batch[j]["image_id"], f, map_rows[j]["classes"], stored, batch[j]["sample_classes"])
+
 
 def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: CamConfig,
                  params: dict | None = None, prototypes_path: str = "", chunk_size: int = 32,
-                 strict: bool = False) -> dict:
-    """Compute ``kind`` maps for every labelled manifest image not yet in ``maps/<name>``."""
-    manifest, _ = read_manifest(run.manifest())
+                 strict: bool = False, feature_sampling: LPCAMConfig | None = None) -> dict:
+    """Compute ``kind`` maps for every labelled manifest image not yet in ``maps/<name>``.
+
+    ``feature_sampling`` (CAM maps only): also write LPCAM's sampled features to ``features/``.
+    """
+    manifest, classes = read_manifest(run.manifest())
+    if feature_sampling is not None:
+        if chunk_size != FEATURE_CHUNK:
+            raise ValueError(f"feature sampling needs chunk_size={FEATURE_CHUNK} (its shards are named by chunk)")
+        manifest = with_sample_classes(manifest, classes.num_classes, feature_sampling)
     output_dir = run.uri("maps", name)
     chunks = plan_chunks(manifest, chunk_size)
     todo = pending_chunks(chunks, output_dir)
     start = time.perf_counter()
+    sampling = {"features_dir": run.uri("features"), "lpcam_cfg": feature_sampling} if feature_sampling else {}
     factory = _Factory(MapProcessor, checkpoint=checkpoint, kind=kind, params=params or {}, cam_cfg=cam_cfg,
-                       output_dir=output_dir, prototypes_path=prototypes_path)
+                       output_dir=output_dir, prototypes_path=prototypes_path, **sampling)
     stats = run_chunked(todo, factory, run.uri("errors", f"maps_{name}"), f"maps_{name}",
                         num_actors=cam_cfg.num_actors, actor_cpus=cam_cfg.actor_cpus, use_gpu=cam_cfg.use_gpu,
                         max_side=cam_cfg.max_side, strict=strict)
-    return {"name": name, "chunks_total": len(chunks), "chunks_run": len(todo),
-            "images": int(sum(s["num_images"] for s in stats)),
-            "errors": int(sum(s["num_errors"] for s in stats)),
-            "seconds": time.perf_counter() - start}
+    out = {"name": name, "chunks_total": len(chunks), "chunks_run": len(todo),
+           "images": int(sum(s["num_images"] for s in stats)),
+           "errors": int(sum(s["num_errors"] for s in stats)),
+           "seconds": time.perf_counter() - start}
+    if feature_sampling is not None:
+        out["feature_sampling_seconds"] = float(sum(s["side_seconds"] for s in stats))
+    return out
 
 
 class _Factory:

@@ -107,19 +107,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     ckpt = run.uri("checkpoints", "cam")
     dataset = cfg.dataset.kind if not cfg.dataset.class_subset else f"{cfg.dataset.kind}:{cfg.dataset.class_subset}"
 
-    def extract_and_eval(name, kind, checkpoint, params=None, prototypes=""):
-        timed(f"maps_{name}", extract_maps, run, name, kind, checkpoint, cfg.cam, params or {}, prototypes,
-              strict=cfg.strict)
+    def extract_and_eval(name, kind, checkpoint, params=None, prototypes="", feature_sampling=None):
+        out = timed(f"maps_{name}", extract_maps, run, name, kind, checkpoint, cfg.cam, params or {}, prototypes,
+                    strict=cfg.strict, feature_sampling=feature_sampling)
         results[name] = timed(f"eval_{name}", evaluate_maps, run, name, dataset, cfg.eval)
+        return out
 
-    extract_and_eval("cam", "cam", ckpt)
+    lpcam_wanted = bool({"lpcam", "lpcam_f"} & set(cfg.methods))
+    # LPCAM's feature sampling rides on the CAM pass (images decoded, model loaded once)
+    cam_out = extract_and_eval("cam", "cam", ckpt, feature_sampling=cfg.lpcam if lpcam_wanted else None)
+    if "feature_sampling_seconds" in cam_out:
+        timings["lpcam_features_in_cam_pass"] = cam_out["feature_sampling_seconds"]
     if "recam" in cfg.methods:
         timed("train_recam", train_classifier, run, "recam", cfg.model, cfg.recam_train, init_from=ckpt)
         for name, variant in RECAM_VARIANTS.items():
             extract_and_eval(name, "cam", run.uri("checkpoints", "recam"), {"variant": variant})
         results["recam"] = dict(results["recam_wprod"], method="recam")
         run.write_json(run.eval_json("recam"), results["recam"])
-    if {"lpcam", "lpcam_f"} & set(cfg.methods):
+    if lpcam_wanted:
         from wsss_ray.stages.prototypes import build_prototypes, cluster_all, sample_features
         timed("lpcam_features", sample_features, run, ckpt, cfg.lpcam, cfg.cam)
         timed("lpcam_cluster", cluster_all, run, ckpt, cfg.lpcam, cfg.cam.use_gpu)

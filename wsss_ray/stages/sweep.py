@@ -55,13 +55,13 @@ from wsss_ray.selection import choose_config, fair_protocol, split_selection_rep
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
-from wsss_ray.stages.prototypes import sample_images, select_prototypes
+from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, sample_images
+from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.store import (decode_maps, encode_maps, join_uri, list_shards, map_row, open_fs, read_table_uri,
                             write_table_atomic, write_table_uri)
 
 KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
 CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
-FEATURE_STAGE_CHUNK = 32    # prototypes.sample_features' chunk size: it fixes the k-means point order
 CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()),
                             ("size", pa.int64()), ("vector", pa.list_(pa.float32())), ("score", pa.float64())])
 FUSED_SCHEMA = pa.schema([("image_id", pa.int64()), ("scale_index", pa.int32()), ("shape", pa.list_(pa.int32())),
@@ -232,21 +232,23 @@ def read_split(run: RunDir) -> dict[int, dict]:
     return out
 
 
-def stage_order(shapes: dict[int, tuple], image_ids, chunk_size: int = FEATURE_STAGE_CHUNK) -> list[int]:
-    """The order the LPCAM feature stage visits images (chunks of sorted ids, then
-    same-shape batches): k-means depends on point order, so trials feed it the same."""
-    ids = sorted(image_ids)
+def stage_order(shapes: dict[int, tuple], manifest_ids) -> list[int]:
+    """The order the LPCAM feature sampling visits the images in ``shapes`` (chunks of all
+    sorted manifest ids, then same-shape batches): k-means depends on point order, so
+    trials feed it the same."""
+    ids = sorted(manifest_ids)
     order = []
-    for i in range(0, len(ids), chunk_size):
-        order += sorted(ids[i:i + chunk_size], key=lambda j: (tuple(shapes[j]), j))
+    for i in range(0, len(ids), FEATURE_CHUNK):
+        order += sorted((j for j in ids[i:i + FEATURE_CHUNK] if j in shapes), key=lambda j: (tuple(shapes[j]), j))
     return order
 
 
-def split_points(split: dict[int, dict], sampled: dict[int, list[int]], cfg: LPCAMConfig) -> dict[int, dict]:
-    """Class -> {fg, context} points at the trial's tau, as the feature stage samples them."""
+def split_points(split: dict[int, dict], sampled: dict[int, list[int]], cfg: LPCAMConfig,
+                 manifest_ids) -> dict[int, dict]:
+    """Class -> {fg, context} points at the trial's tau, as the feature sampling takes them."""
     per_class: dict[int, dict] = {}
     shapes = {i: (split[i]["height"], split[i]["width"]) for i in sampled if i in split}
-    for image_id in stage_order(shapes, shapes):
+    for image_id in stage_order(shapes, manifest_ids):
         row = split[image_id]
         feats = torch.from_numpy(row["feat"])
         for c in sampled[image_id]:
@@ -292,7 +294,7 @@ def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
         return read_table_uri(path)
     manifest, classes = read_manifest(run.manifest())
     sampled = sample_images(manifest, classes.num_classes, cfg.images_per_class, cfg.seed)
-    per_class = split_points(read_split(run), sampled, cfg)
+    per_class = split_points(read_split(run), sampled, cfg, manifest.column("image_id").to_pylist())
     table = cluster_points(per_class, classes.num_classes, head.shape[1], cfg, head)
     write_table_uri(table, path)
     return table
