@@ -18,7 +18,7 @@ from typing import Callable
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEMO_CKPT = "/tmp/runs/full1/checkpoints/cam"
-COCO_CKPT = "/tmp/runs/coco_ref/checkpoints/cam"
+COCO_CKPT = "/tmp/runs/coco_ref2/checkpoints/cam"   # the reference-protocol run (RESULTS.md)
 COCO_TINY = str(BENCH_DIR.parent.parent / "shared" / "data" / "coco_tiny")
 
 
