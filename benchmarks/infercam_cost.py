@@ -20,8 +20,11 @@ from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
 
+# InferCam batches patches by size (bucket_px, 16 by default); "one canvas" is the earlier batching,
+# every patch of a round padded to the largest, kept to show what the buckets save
 VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
-            "infercam_iterate": {"split": False, "iterate": True}, "infercam_both": {"split": True, "iterate": True}}
+            "infercam_iterate": {"split": False, "iterate": True}, "infercam_both": {"split": True, "iterate": True},
+            "infercam_both_one_canvas": {"split": True, "iterate": True, "bucket_px": 0}}
 
 
 def parse_args():

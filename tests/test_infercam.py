@@ -197,15 +197,71 @@ def test_output_shapes_normalised_and_batched(split, iterate, three_plus):
         return features(x)
     images = torch.randn(2, 3, 32, 40)
     classes = [[1], [0, 2, 3]]
-    cfg = InferCamConfig(split=split, iterate=iterate, three_plus=three_plus, max_batch=64)
+    cfg = InferCamConfig(split=split, iterate=iterate, three_plus=three_plus, max_batch=64, bucket_px=0)
     scales = (1.0, 0.5)
     maps = infercam_maps(counted, weight, images, classes, (8, 10), scales, True, cfg)
     assert [tuple(m.shape) for m in maps] == [(1, 8, 10), (3, 8, 10)]
     for m in maps:
         peaks = m.flatten(1).amax(1)
         assert ((peaks > 0.99) & (peaks <= 1.0)).all() and (m >= 0).all()
-    # One batched call per scale for the baseline and per round, never one per patch.
+    # One canvas a round (bucket_px=0): one batched call per scale for the baseline and per round.
     assert len(calls) <= len(scales) * (int(split) + (cfg.max_rounds if iterate else 1))
+
+
+def reference_patch(features, weight, image, fill, box, cls, scales, flip, cfg):
+    """One patch, alone, at its own size: the paper's loop written out plainly."""
+    y0, y1, x0, x1 = box
+    patch = image[:, y0:y1, x0:x1]
+    acc = torch.zeros(y1 - y0, x1 - x0)
+    erased = torch.zeros_like(acc, dtype=torch.bool)
+    for _ in range(cfg.max_rounds):
+        x = torch.where(erased, fill[:, None, None], patch)
+        cam = multiscale_cam(features, weight, x[None], tuple(acc.shape), scales, flip)[0, cls]
+        acc = torch.maximum(acc, cam / (cam.max() + 1e-5))
+        now = acc >= cfg.erase_threshold
+        newly = (now & ~erased).sum() / acc.numel()
+        erased = now
+        if newly < cfg.stop_fraction:
+            break
+    return acc
+
+
+def test_exact_size_batching_equals_a_patch_by_patch_loop():
+    from wsss_ray.cams.infercam import class_centres, plan_copies
+    features, weight = random_backbone(4)
+    images = torch.randn(3, 3, 36, 44)
+    classes = [[1], [0, 2], [0, 1, 3]]
+    scales, out_size = (1.0, 0.5), (9, 11)
+    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4)
+    got = infercam_maps(features, weight, images, classes, out_size, scales, True, cfg)
+    centres = class_centres(features, weight, images, classes, out_size, scales, True)
+    fill = images.mean((2, 3))
+    for i, cls in enumerate(classes):
+        full = torch.zeros(len(cls), 36, 44)
+        for c in plan_copies([cls], [centres[i]], 36, 44, cfg):
+            y0, y1, x0, x1 = c.box
+            acc = reference_patch(features, weight, images[i], fill[i], c.box, c.cls, scales, True, cfg)
+            full[c.slot, y0:y1, x0:x1] = torch.maximum(full[c.slot, y0:y1, x0:x1], acc)
+        small = F.interpolate(full[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        want = small / (small.flatten(1).amax(1)[:, None, None] + 1e-5)
+        assert torch.allclose(got[i], want, atol=1e-5), i
+
+
+def test_size_buckets_infer_fewer_pixels_than_one_canvas():
+    features, weight = random_backbone(5)
+    image = torch.randn(1, 3, 40, 40)
+    copies = [Copy(0, 0, 0, (0, 10, 0, 12)), Copy(0, 0, 0, (5, 35, 2, 32)), Copy(0, 1, 1, (0, 9, 30, 40))]
+    pixels = {}
+    for bucket in (0, 8):
+        seen = []
+
+        def counted(x):
+            seen.append(x.shape[0] * x.shape[-2] * x.shape[-1])
+            return features(x)
+        cfg = InferCamConfig(bucket_px=bucket, iterate=False)
+        iterate_copies(counted, weight, image, image.mean((2, 3)), copies, (1.0,), False, cfg)
+        pixels[bucket] = sum(seen)
+    assert pixels == {0: 3 * 30 * 30, 8: 16 * 16 + 30 * 30 + 16 * 16}
 
 
 def test_empty_class_list():

@@ -29,10 +29,13 @@ Pipeline per call (all images share one size H x W):
    with a max over overlaps, resized bilinearly to ``out_size`` and max-normalised. As in the
    paper and code, the whole-image baseline is not part of the union.
 
-Batching: patches of different sizes are pasted at the top-left of one canvas per round (the
-largest active patch), padded with the image's mean colour (the same filler as erasing), so every
-round is one ``features_fn`` call per scale per ``max_batch`` inputs. In round 0 all classes of an
-image see the same un-erased patch, so shared (image, patch) inputs are inferred once.
+Batching: patches go through the network in groups whose sizes round up to the same multiple of
+``bucket_px`` (16 px); each is pasted at the top-left of its group's canvas, padded with the image's
+mean colour (the same filler as erasing), so a round is one ``features_fn`` call per group, scale
+and ``max_batch`` inputs. ``bucket_px=1`` infers every patch at its own size (the paper's
+procedure, tested against a patch-by-patch loop); ``0`` pads all to the round's largest patch,
+which on the demo world doubled the pixels inferred. In round 0 all classes of an image see the
+same un-erased patch, so shared (image, patch) inputs are inferred once.
 
 Cost (default config, one 112x112 image, 2 classes, 4 scales, flip): CAM = 8 backbone inputs in 4
 calls. InferCam = baseline 8 + round 0 on 4 shared patches 32 + up to 4 more rounds on 8
@@ -65,12 +68,13 @@ class InferCamConfig:
     buffer_two: int = 20          # px around the two-class rectangle
     three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
     max_batch: int = 16           # inputs per features_fn call (before flipping); bounds GPU memory
+    bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
 
     def __post_init__(self):
         if self.three_plus not in ("per_class", "none"):
             raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
-        if self.max_rounds < 1 or self.max_batch < 1:
-            raise ValueError("max_rounds and max_batch must be >= 1")
+        if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
+            raise ValueError("max_rounds and max_batch must be >= 1, bucket_px >= 0")
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,39 @@ def first_round_inputs(images, fill, copies: Sequence[Copy], size):
     return inputs, owner
 
 
+def size_groups(copies: Sequence[Copy], active: torch.Tensor, bucket_px: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Active copies grouped by patch size rounded up to ``bucket_px`` (0: one group), each with
+    its canvas size. A patch is padded (with the fill colour) by less than ``bucket_px`` px per
+    side instead of up to the largest patch of the round; that padding was half of the pixels."""
+    live = active.tolist()
+    cap = canvas_size([copies[m] for m in live])
+    if bucket_px <= 0:
+        return [(active, cap)]
+
+    def bucket(c: Copy) -> tuple[int, int]:
+        up = lambda n, limit: min(-(-n // bucket_px) * bucket_px, limit)
+        return up(c.box[1] - c.box[0], cap[0]), up(c.box[3] - c.box[2], cap[1])
+    groups: dict[tuple[int, int], list[int]] = {}
+    for m in live:
+        groups.setdefault(bucket(copies[m]), []).append(m)
+    return [(torch.tensor(ms, device=active.device), size) for size, ms in sorted(groups.items())]
+
+
+def round_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
+               copies: Sequence[Copy], group: torch.Tensor, size: tuple[int, int], cls: torch.Tensor,
+               erased: torch.Tensor | None, scales, flip: bool, cfg: InferCamConfig) -> torch.Tensor:
+    """One round's maps of the copies in ``group`` on a ``size`` canvas, max-normalised inside
+    each patch: (len(group), *size). ``erased`` None is the first, un-erased round."""
+    live = [copies[m] for m in group.tolist()]
+    if erased is None:
+        inputs, owner = first_round_inputs(images, fill, live, size)
+    else:
+        inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], size, erased)
+        owner = torch.arange(len(live), device=images.device)
+    maps = canvas_cams(features_fn, weight, inputs, owner, cls[group], scales, flip, cfg.max_batch)
+    return normalise_per_map(maps * box_masks(live, size, images.device))
+
+
 def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
                    copies: Sequence[Copy], scales, flip: bool, cfg: InferCamConfig):
     """Hide-and-re-infer every copy; returns (running-max maps (M,Hc,Wc), inferences per copy (M,)).
@@ -238,17 +275,10 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
     cls = torch.tensor([c.cls for c in copies], device=device)
     active = torch.arange(len(copies), device=device)
     for r in range(cfg.max_rounds if cfg.iterate else 1):
-        live = [copies[m] for m in active.tolist()]
-        h, w = canvas_size(live)
-        if r == 0:
-            inputs, owner = first_round_inputs(images, fill, live, (h, w))
-        else:
-            inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], (h, w),
-                                  erased[active, :h, :w])
-            owner = torch.arange(len(live), device=device)
-        maps = canvas_cams(features_fn, weight, inputs, owner, cls[active], scales, flip, cfg.max_batch)
-        maps = normalise_per_map(maps * inside[active, :h, :w])
-        acc[active, :h, :w] = torch.maximum(acc[active, :h, :w], maps)
+        for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
+            hidden = None if r == 0 else erased[group, :h, :w]
+            maps = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden, scales, flip, cfg)
+            acc[group, :h, :w] = torch.maximum(acc[group, :h, :w], maps)
         rounds[active] += 1
         now = (acc[active] >= cfg.erase_threshold) & inside[active]
         newly = (now & ~erased[active]).sum((1, 2)) / area[active]
