@@ -155,7 +155,7 @@ def stepped_image():
 def test_stop_rule(max_rounds, stop_fraction, expected):
     image = stepped_image()
     cfg = InferCamConfig(split=False, max_rounds=max_rounds, stop_fraction=stop_fraction)
-    acc, rounds = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)),
+    acc, rounds, _ = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)),
                                  [Copy(0, 0, 0, (0, 20, 0, 20))], (1.0,), False, cfg)
     assert rounds.tolist() == [expected]
     found = acc[0] > 0.99
@@ -168,7 +168,7 @@ def test_iterate_false_runs_one_round_per_patch():
     image = stepped_image()
     cfg = InferCamConfig(iterate=False, stop_fraction=0.0)
     copies = [Copy(0, 0, 0, (0, 12, 0, 20)), Copy(0, 0, 0, (8, 20, 0, 20))]
-    _, rounds = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)), copies, (1.0,), False, cfg)
+    _, rounds, _ = iterate_copies(channel0, torch.ones(1, 1), image, image.mean((2, 3)), copies, (1.0,), False, cfg)
     assert rounds.tolist() == [1, 1]
 
 
@@ -262,6 +262,17 @@ def test_size_buckets_infer_fewer_pixels_than_one_canvas():
         iterate_copies(counted, weight, image, image.mean((2, 3)), copies, (1.0,), False, cfg)
         pixels[bucket] = sum(seen)
     assert pixels == {0: 3 * 30 * 30, 8: 16 * 16 + 30 * 30 + 16 * 16}
+
+
+@pytest.mark.parametrize("unite, dim_peak", [("per_patch", 1.0), ("scaled", 0.25)])
+def test_unite_per_patch_lifts_a_weak_patch_to_one_scaled_keeps_it_weak(unite, dim_peak):
+    image = torch.zeros(1, 3, 40, 40)
+    image[0, 0, 2:6, 2:6] = 4.0        # the object: centre of mass near (10, 10)
+    image[0, 0, 34:38, 34:38] = 1.0    # a weak response, alone in the bottom-right patch
+    cfg = InferCamConfig(iterate=False, buffer_one=2, unite=unite)
+    maps = infercam_maps(channel0, torch.ones(1, 1), image, [[0]], (40, 40), (1.0,), False, cfg)[0][0]
+    assert maps[2:6, 2:6].max() == pytest.approx(1.0, abs=1e-3)
+    assert maps[34:38, 34:38].max() == pytest.approx(dim_peak, abs=1e-3)
 
 
 def test_empty_class_list():

@@ -45,7 +45,7 @@ patches (about 78x76 px with centres near the middle) make that about 18x CAM's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +69,22 @@ class InferCamConfig:
     three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
     max_batch: int = 16           # inputs per features_fn call (before flipping); bounds GPU memory
     bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
+    unite: str = "per_patch"      # "per_patch" (paper, code): each patch's map peaks at 1 before pasting;
+                                  # "scaled": times the patch's raw first-round peak (normalised once, after)
 
     def __post_init__(self):
+        if self.unite not in ("per_patch", "scaled"):
+            raise ValueError(f"unite must be 'per_patch' or 'scaled', got {self.unite!r}")
         if self.three_plus not in ("per_class", "none"):
             raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
         if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
             raise ValueError("max_rounds and max_batch must be >= 1, bucket_px >= 0")
+
+
+class Iterated(NamedTuple):
+    maps: torch.Tensor      # (M, Hc, Wc) running max of the per-round normalised maps
+    rounds: torch.Tensor    # (M,) inferences made
+    peaks: torch.Tensor     # (M,) raw peak of the un-erased first round, inside the patch
 
 
 @dataclass(frozen=True)
@@ -245,9 +255,10 @@ def size_groups(copies: Sequence[Copy], active: torch.Tensor, bucket_px: int) ->
 
 def round_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
                copies: Sequence[Copy], group: torch.Tensor, size: tuple[int, int], cls: torch.Tensor,
-               erased: torch.Tensor | None, scales, flip: bool, cfg: InferCamConfig) -> torch.Tensor:
+               erased: torch.Tensor | None, scales, flip: bool, cfg: InferCamConfig):
     """One round's maps of the copies in ``group`` on a ``size`` canvas, max-normalised inside
-    each patch: (len(group), *size). ``erased`` None is the first, un-erased round."""
+    each patch, (len(group), *size), and each map's raw peak before that, (len(group),).
+    ``erased`` None is the first, un-erased round."""
     live = [copies[m] for m in group.tolist()]
     if erased is None:
         inputs, owner = first_round_inputs(images, fill, live, size)
@@ -255,12 +266,14 @@ def round_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tens
         inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], size, erased)
         owner = torch.arange(len(live), device=images.device)
     maps = canvas_cams(features_fn, weight, inputs, owner, cls[group], scales, flip, cfg.max_batch)
-    return normalise_per_map(maps * box_masks(live, size, images.device))
+    maps = maps * box_masks(live, size, images.device)
+    return normalise_per_map(maps), maps.flatten(1).amax(1)
 
 
 def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
                    copies: Sequence[Copy], scales, flip: bool, cfg: InferCamConfig):
-    """Hide-and-re-infer every copy; returns (running-max maps (M,Hc,Wc), inferences per copy (M,)).
+    """Hide-and-re-infer every copy: running-max maps (M,Hc,Wc), inferences per copy (M,) and
+    each copy's raw first-round peak (M,).
 
     Maps are max-normalised per round inside the patch (so the threshold means "0.7 of this
     round's peak") and live at the canvas's top-left, patch-pixel resolution.
@@ -272,13 +285,17 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
     acc = images.new_zeros(len(copies), *size)
     erased = torch.zeros_like(inside)
     rounds = torch.zeros(len(copies), dtype=torch.long, device=device)
+    peaks = images.new_zeros(len(copies))
     cls = torch.tensor([c.cls for c in copies], device=device)
     active = torch.arange(len(copies), device=device)
     for r in range(cfg.max_rounds if cfg.iterate else 1):
         for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
             hidden = None if r == 0 else erased[group, :h, :w]
-            maps = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden, scales, flip, cfg)
+            maps, peak = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden,
+                                    scales, flip, cfg)
             acc[group, :h, :w] = torch.maximum(acc[group, :h, :w], maps)
+            if r == 0:
+                peaks[group] = peak
         rounds[active] += 1
         now = (acc[active] >= cfg.erase_threshold) & inside[active]
         newly = (now & ~erased[active]).sum((1, 2)) / area[active]
@@ -286,7 +303,7 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
         active = active[newly >= cfg.stop_fraction]
         if len(active) == 0:
             break
-    return acc, rounds
+    return Iterated(acc, rounds, peaks)
 
 
 # ------------------------------------------------------------------ unite
@@ -325,5 +342,7 @@ def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.T
         if not copies:
             return [images.new_zeros(len(cls), *out_size) for cls in classes]
         fill = images.mean((2, 3))  # each image's mean colour, in normalised space
-        acc, _ = iterate_copies(features_fn, weight, images, fill, copies, scales, flip, cfg)
+        done = iterate_copies(features_fn, weight, images, fill, copies, scales, flip, cfg)
+        # "scaled": a patch with little of the object keeps its low activation instead of a peak of 1
+        acc = done.maps * done.peaks[:, None, None] if cfg.unite == "scaled" else done.maps
         return unite(acc, copies, classes, (height, width), out_size)
