@@ -1,0 +1,63 @@
+"""InferCam's unite step on a finished run: each patch's map normalised to a peak of 1 before
+pasting (the paper and the authors' code) against ``unite="scaled"`` (each patch's map times its
+raw first-round peak, so a patch with little of the object stays dim; normalised once, after).
+
+Extracts the split-only variant both ways into the run (``maps/infercam_split_pp``,
+``maps/infercam_split_scaled``; a rerun reuses them), with the run's checkpoint and CAM config,
+and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
+
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/coco_inf40
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import measured, show
+from wsss_ray.config import EvalConfig
+from wsss_ray.rundir import RunDir
+from wsss_ray.stages.evaluate import evaluate_maps
+from wsss_ray.stages.extract import extract_maps
+from wsss_ray.stages.session import ensure_ray
+from wsss_ray.stages.sweep import run_config
+
+VARIANTS = {"infercam_split_pp": {"split": True, "iterate": False, "unite": "per_patch"},
+            "infercam_split_scaled": {"split": True, "iterate": False, "unite": "scaled"}}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--with-iterate", action="store_true", help="also both switches on, both ways")
+    p.add_argument("--max-wait", type=float, default=60.0)
+    return p.parse_args()
+
+
+def run_all(args) -> dict:
+    run = RunDir(args.run_dir)
+    config = run_config(run)
+    variants = dict(VARIANTS)
+    if args.with_iterate:
+        variants.update({name.replace("split", "both"): {**v, "iterate": True} for name, v in VARIANTS.items()})
+    ensure_ray()
+    out = {}
+    for name in ["cam", *variants]:
+        start = time.perf_counter()
+        if name != "cam":
+            extract_maps(run, name, "infercam", run.uri("checkpoints", "cam"), config["cam"], variants[name])
+        seconds = time.perf_counter() - start
+        best = evaluate_maps(run, name, config["dataset"], EvalConfig(), write=False)["best"]
+        out[name] = {"params": variants.get(name, {}), "extract_seconds": seconds,
+                     **{k: best[k] for k in ("threshold", "miou", "precision", "recall", "fp", "fn")}}
+        show(f"{name}: best thr, mIoU, precision, recall",
+             f"{best['threshold']:.2f}, {best['miou']:.4f}, {best['precision']:.4f}, {best['recall']:.4f}")
+    return {"run_dir": args.run_dir, "results": out}
+
+
+def main() -> None:
+    args = parse_args()
+    measured("infercam_unite", args, lambda: run_all(args))
+
+
+if __name__ == "__main__":
+    main()
