@@ -3,7 +3,7 @@
 Writes ``maps/<name>/part-NNNNN.parquet`` (schema ``store.MAPS_SCHEMA``) and per-chunk
 error tables under ``errors/maps_<name>/``. The CAM pass can also sample LPCAM's features
 (``feature_sampling``): the images are decoded and the model loaded already, so the prototype
-stage costs one scale-1.0 forward of the sampled images instead of a second Ray Data pass.
+stage reuses the CAM's own scale-1.0 forward instead of a second Ray Data pass.
 """
 from __future__ import annotations
 
@@ -56,6 +56,24 @@ class ModelRunner:
         return torch.from_numpy(np.stack([normalise_image(im, mean, std) for im in images])).to(self.device)
 
 
+class ScaleOneFeatures:
+    """Stands in for ``model.features`` during a map call and keeps the backbone output of the
+    un-scaled batch (the first ``n`` rows: the flipped copies come after), so LPCAM's sampling
+    reuses the CAM's own scale-1.0 forward instead of running another."""
+
+    def __init__(self, features):
+        self.inner, self.size, self.n, self.kept = features, None, 0, None
+
+    def expect(self, x: torch.Tensor) -> None:
+        self.size, self.n, self.kept = tuple(x.shape[-2:]), x.shape[0], None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if self.kept is None and tuple(x.shape[-2:]) == self.size and x.shape[0] >= self.n:
+            self.kept = out[:self.n]
+        return out
+
+
 class MapProcessor(ModelRunner):
     def __init__(self, checkpoint_dir: str, kind: str, params: dict, cam_cfg: CamConfig, output_dir: str,
                  prototypes_path: str = "", features_dir: str = "", lpcam_cfg: LPCAMConfig | None = None):
@@ -69,6 +87,9 @@ class MapProcessor(ModelRunner):
         self.output_dir = output_dir
         self.sampler = FeatureSampler(features_dir, lpcam_cfg, self.model.backbone.out_channels) \
             if features_dir else None
+        self.scale_one = None
+        if self.sampler is not None:        # the map functions look model.features up at call time
+            self.scale_one = self.model.features = ScaleOneFeatures(self.model.features)
         self.side_seconds = 0.0
 
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
@@ -79,6 +100,8 @@ class MapProcessor(ModelRunner):
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
             h, w = images[batch[0]["image_id"]].shape[:2]
             x = self.tensor([images[r["image_id"]] for r in batch])
+            if self.scale_one is not None:
+                self.scale_one.expect(x)
             maps = self.map_fn(x, [r["labels"] for r in batch], strided_size(h, w, self.cfg.store_stride))
             batch_rows = [map_row(r["image_id"], r["labels"], h, w, m.float().cpu().numpy())
                           for r, m in zip(batch, maps)]
@@ -100,7 +123,9 @@ class MapProcessor(ModelRunner):
         if not picked:
             return
         start = time.perf_counter()
-        feats = self.model.features(x[picked])
+        kept = self.scale_one.kept
+        # no scale 1.0 among the CAM's scales: one forward of the sampled images
+        feats = kept[picked] if kept is not None else self.scale_one.inner(x[picked])
         self.sampler.seconds += time.perf_counter() - start
         for f, j in zip(feats, picked):
             stored = torch.from_numpy(decode_maps(map_rows[j]["data"], map_rows[j]["map_shape"]))
