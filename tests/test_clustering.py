@@ -104,3 +104,12 @@ def test_the_clustering_task_module_does_not_import_torch():
     code = "import sys, wsss_ray.stages.cluster_tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cluster_sums_equal_a_plain_loop_across_blocks():
+    from wsss_ray.clustering import cluster_sums
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 7)).astype(np.float32)
+    assign = rng.integers(0, 4, 50)
+    want = np.stack([x[assign == j].astype(np.float64).sum(0) for j in range(4)])
+    np.testing.assert_allclose(cluster_sums(x, assign, 4, block=16), want, rtol=1e-12, atol=1e-12)

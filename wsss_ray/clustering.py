@@ -44,7 +44,17 @@ def spherical_kmeans(points: np.ndarray, k: int, iters: int = 50, seed: int = 0,
     remap[used] = np.arange(len(used))
     assign = remap[assign]
     sizes = np.bincount(assign, minlength=len(used))
-    prototypes = np.zeros((len(used), d), np.float64)
-    np.add.at(prototypes, assign, x)
-    prototypes /= sizes[:, None]
+    prototypes = cluster_sums(x, assign, len(used)) / sizes[:, None]
     return Clusters(prototypes.astype(np.float32), sizes, assign, iters)
+
+
+def cluster_sums(x: np.ndarray, assign: np.ndarray, k: int, block: int = 8192) -> np.ndarray:
+    """Per-cluster float64 sums of the rows of ``x``, as one-hot matrix products over row blocks
+    (BLAS; ``np.add.at`` took 0.95 s of a 2.5 s k-means on 20,000 x 1280 features)."""
+    sums = np.zeros((k, x.shape[1]), np.float64)
+    for start in range(0, len(x), block):
+        rows = assign[start:start + block]
+        onehot = np.zeros((k, len(rows)), np.float64)
+        onehot[rows, np.arange(len(rows))] = 1.0
+        sums += onehot @ x[start:start + block].astype(np.float64)
+    return sums
