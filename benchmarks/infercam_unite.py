@@ -6,7 +6,8 @@ Extracts the split-only variant both ways into the run (``maps/infercam_split_pp
 ``maps/infercam_split_scaled``; a rerun reuses them), with the run's checkpoint and CAM config,
 and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/coco_inf40
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/coco_inf40 --tag coco
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/demo_v2 --with-iterate --tag demo
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--with-iterate", action="store_true", help="also both switches on, both ways")
+    p.add_argument("--tag", default="", help="results file infercam_unite_<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
 
@@ -56,7 +58,7 @@ def run_all(args) -> dict:
 
 def main() -> None:
     args = parse_args()
-    measured("infercam_unite", args, lambda: run_all(args))
+    measured("infercam_unite" + (f"_{args.tag}" if args.tag else ""), args, lambda: run_all(args))
 
 
 if __name__ == "__main__":
