@@ -3,6 +3,11 @@ checkpoint with a longer schedule, then extract and evaluate the w*w', w' and w 
 
     PYTHONPATH=. .venv/bin/python jobs/lpcam_coco.py --methods cam,recam --run-dir runs/demo_all
     PYTHONPATH=. .venv/bin/python benchmarks/recam_demo_schedule.py runs/demo_all recam15 15 5e-5 1e-2
+    PYTHONPATH=. .venv/bin/python benchmarks/recam_demo_schedule.py runs/demo_all bce4 4 2e-4 2e-3 0
+
+An optional sixth argument sets lambda (default: the preset's 1.0); lambda = 0 is the same
+continued training with BCE alone, which separates what the SCE term does from what four more
+epochs of training do to the backbone and to w.
 """
 import dataclasses
 import sys
@@ -15,11 +20,14 @@ from wsss_ray.stages.session import ensure_ray
 from wsss_ray.stages.train import train_classifier
 
 
-def main(run_dir: str, name: str, epochs: int, lr_backbone: float, lr_fc2: float) -> None:
+def main(run_dir: str, name: str, epochs: int, lr_backbone: float, lr_fc2: float,
+         recam_lambda: float | None = None) -> None:
     cfg, run = demo_config(run_dir), RunDir(run_dir)
     ensure_ray()
     recam = dataclasses.replace(cfg.recam_train, epochs=epochs, lr_backbone=lr_backbone, lr_head=lr_backbone,
                                 lr_fc2=lr_fc2)
+    if recam_lambda is not None:
+        recam = dataclasses.replace(recam, recam_lambda=recam_lambda)
     print(train_classifier(run, name, cfg.model, recam, init_from=run.uri("checkpoints", "cam")))
     for variant, tag in [("w*w'", "wprod"), ("w'", "wp"), ("w", "w")]:
         extract_maps(run, f"{name}_{tag}", "cam", run.uri("checkpoints", name), cfg.cam, {"variant": variant})
@@ -28,4 +36,5 @@ def main(run_dir: str, name: str, epochs: int, lr_backbone: float, lr_fc2: float
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+         float(sys.argv[6]) if len(sys.argv) > 6 else None)
