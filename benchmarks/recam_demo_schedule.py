@@ -7,7 +7,8 @@ checkpoint with a longer schedule, then extract and evaluate the w*w', w' and w 
 
 An optional sixth argument sets lambda (default: the preset's 1.0); lambda = 0 is the same
 continued training with BCE alone, which separates what the SCE term does from what four more
-epochs of training do to the backbone and to w.
+epochs of training do to the backbone and to w. A seventh argument ``detach`` stops the SCE
+gradient at the CAM M_k (the ReCAM option; by default it flows, as in the authors' code).
 """
 import dataclasses
 import sys
@@ -21,13 +22,14 @@ from wsss_ray.stages.train import train_classifier
 
 
 def main(run_dir: str, name: str, epochs: int, lr_backbone: float, lr_fc2: float,
-         recam_lambda: float | None = None) -> None:
+         recam_lambda: float | None = None, detach: bool = False) -> None:
     cfg, run = demo_config(run_dir), RunDir(run_dir)
     ensure_ray()
     recam = dataclasses.replace(cfg.recam_train, epochs=epochs, lr_backbone=lr_backbone, lr_head=lr_backbone,
                                 lr_fc2=lr_fc2)
     if recam_lambda is not None:
         recam = dataclasses.replace(recam, recam_lambda=recam_lambda)
+    recam = dataclasses.replace(recam, recam_detach=detach)
     print(train_classifier(run, name, cfg.model, recam, init_from=run.uri("checkpoints", "cam")))
     for variant, tag in [("w*w'", "wprod"), ("w'", "wp"), ("w", "w")]:
         extract_maps(run, f"{name}_{tag}", "cam", run.uri("checkpoints", name), cfg.cam, {"variant": variant})
@@ -37,4 +39,4 @@ def main(run_dir: str, name: str, epochs: int, lr_backbone: float, lr_fc2: float
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
-         float(sys.argv[6]) if len(sys.argv) > 6 else None)
+         float(sys.argv[6]) if len(sys.argv) > 6 else None, len(sys.argv) > 7 and sys.argv[7] == "detach")
