@@ -24,7 +24,10 @@ from wsss_ray.cams.registry import build_map_fn
 # every patch of a round padded to the largest, kept to show what the buckets save
 VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
             "infercam_iterate": {"split": False, "iterate": True}, "infercam_both": {"split": True, "iterate": True},
-            "infercam_both_one_canvas": {"split": True, "iterate": True, "bucket_px": 0}}
+            "infercam_both_one_canvas": {"split": True, "iterate": True, "bucket_px": 0},
+            # the authors' code: one erase mask per patch over all the image's classes, no split for 3+
+            "infercam_iterate_code": {"split": False, "iterate": True, "erase": "union"},
+            "infercam_both_code": {"split": True, "iterate": True, "erase": "union", "three_plus": "none"}}
 
 
 def parse_args():

@@ -41,3 +41,35 @@ def test_an_epoch_without_state_json_is_incomplete_and_never_pruned_away_alone(t
     keep_epoch(str(epochs), model, optimizer, 1, {}, keep=0)        # 0 keeps every epoch
     keep_epoch(str(epochs), model, optimizer, 2, {}, keep=0)
     assert sorted(p.name for p in epochs.iterdir()) == ["epoch-000", "epoch-001", "epoch-002"]
+
+
+def test_state_dir_is_tensors_only_and_an_interrupted_write_leaves_no_model_pt(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from wsss_ray.models.checkpoint import load_state, save_state_dir
+    model, _ = _model_and_optimizer(0)
+    done = tmp_path / "done"
+    save_state_dir(model.state_dict(), {"kind": "test"}, str(done))
+    assert sorted(p.name for p in done.iterdir()) == ["model.json", "model.pt"]     # no temporaries left
+    loaded = load_state(str(done))                                                  # weights_only=True inside
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+    class KilledBeforeRename:
+        """The local filesystem, killed between writing a temporary file and renaming it."""
+        def __init__(self):
+            self.fs = pafs.LocalFileSystem()
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def move(self, src, dest):
+            raise OSError("killed mid-rename")
+    monkeypatch.setattr("wsss_ray.models.checkpoint.open_fs", lambda d: (KilledBeforeRename(), d))
+    broken = tmp_path / "broken"
+    try:
+        save_state_dir(model.state_dict(), {}, str(broken))
+    except OSError:
+        pass
+    # what a crash leaves is named '_...' (readers skip it) and never the completion mark model.pt
+    assert not (broken / "model.pt").exists() and not (broken / "model.json").exists()
+    assert all(p.name.startswith("_") for p in broken.iterdir())

@@ -314,3 +314,68 @@ def test_loss_all_ignored_and_saliency_channel_dim():
     total, parts = activation_aware_saliency_loss(logits, labels, torch.rand(1, 1, 2, 2))
     assert total.item() == 0.0 and parts["t"].item() == 0.0    # no labels: no seg term, saliency off
     total.backward()
+
+
+def reference_patch_union(features, weight, image, fill, box, classes, scales, flip, cfg):
+    """The authors' loop on one patch: one erase mask, the union over the image's classes."""
+    y0, y1, x0, x1 = box
+    patch = image[:, y0:y1, x0:x1]
+    acc = torch.zeros(len(classes), y1 - y0, x1 - x0)
+    erased = torch.zeros(y1 - y0, x1 - x0, dtype=torch.bool)
+    for _ in range(cfg.max_rounds):
+        x = torch.where(erased, fill[:, None, None], patch)
+        cams = multiscale_cam(features, weight, x[None], tuple(acc.shape[1:]), scales, flip)[0, classes]
+        acc = torch.maximum(acc, cams / (cams.flatten(1).amax(1)[:, None, None] + 1e-5))
+        now = (acc >= cfg.erase_threshold).any(0)
+        newly = (now & ~erased).sum() / erased.numel()
+        erased = now
+        if newly < cfg.stop_fraction:
+            break
+    return acc
+
+
+def test_union_erasing_equals_the_authors_loop_and_shares_one_input_per_patch():
+    from wsss_ray.cams.infercam import class_centres, plan_copies
+    features, weight = random_backbone(6)
+    images = torch.randn(2, 3, 36, 44)
+    classes = [[1], [0, 2]]
+    scales, out_size = (1.0, 0.5), (9, 11)
+    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4, erase="union")
+    inputs = []
+
+    def counted(x):
+        inputs.append(x.shape[0])
+        return features(x)
+    got = infercam_maps(counted, weight, images, classes, out_size, scales, False, cfg)
+    centres = class_centres(features, weight, images, classes, out_size, scales, False)
+    fill = images.mean((2, 3))
+    for i, cls in enumerate(classes):
+        full = torch.zeros(len(cls), 36, 44)
+        for box in dict.fromkeys(c.box for c in plan_copies([cls], [centres[i]], 36, 44, cfg)):
+            y0, y1, x0, x1 = box
+            acc = reference_patch_union(features, weight, images[i], fill[i], box, cls, scales, False, cfg)
+            full[:, y0:y1, x0:x1] = torch.maximum(full[:, y0:y1, x0:x1], acc)
+        small = F.interpolate(full[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        want = small / (small.flatten(1).amax(1)[:, None, None] + 1e-5)
+        assert torch.allclose(got[i], want, atol=1e-5), i
+    # one input per (image, patch) in every round: never more than the 8 patches of the two images
+    # per scale (the baseline sees 2 whole images per scale)
+    assert max(inputs) <= 8 and sum(inputs) <= len(scales) * (2 + 8 * cfg.max_rounds)
+
+
+def test_union_and_per_class_erasing_agree_on_single_class_images():
+    features, weight = random_backbone(7)
+    images = torch.randn(3, 3, 32, 32)
+    classes = [[0], [2], [3]]
+    maps = {erase: infercam_maps(features, weight, images, classes, (8, 8), (1.0,), True,
+                                 InferCamConfig(erase=erase, buffer_one=3)) for erase in ("per_class", "union")}
+    assert all(torch.allclose(a, b) for a, b in zip(maps["per_class"], maps["union"]))
+
+
+def test_union_by_patch_merges_the_masks_of_copies_on_one_patch():
+    from wsss_ray.cams.infercam import union_by_patch
+    masks = torch.zeros(3, 2, 2, dtype=torch.bool)
+    masks[0, 0, 0] = masks[1, 1, 1] = masks[2, 0, 1] = True
+    merged = union_by_patch(masks, torch.tensor([4, 4, 7]))
+    assert merged[0].tolist() == merged[1].tolist() == [[True, False], [False, True]]
+    assert merged[2].tolist() == [[False, True], [False, False]]

@@ -159,3 +159,13 @@ def test_bad_images_become_error_rows_and_the_rest_completes(quick_run, tmp_path
     with pytest.raises(Exception, match="truncated"):
         shutil.rmtree(tmp_path / "run" / "maps")
         extract_maps(bad_run, "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam, strict=True)
+
+
+def test_rerun_with_other_options_refuses_to_mix_maps(quick_run):
+    from wsss_ray.stages.extract import extract_maps
+    run_dir, cfg, _ = quick_run
+    before = shard_bytes(Path(run_dir, "maps", "cam"))
+    with pytest.raises(ValueError, match=r"maps/cam holds maps made with another recipe.*variant"):
+        extract_maps(RunDir(run_dir), "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam,
+                     {"variant": "w'"})
+    assert shard_bytes(Path(run_dir, "maps", "cam")) == before

@@ -30,6 +30,32 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
                                                  "segmentation training (e.g. cam,lpcam)")
     p.add_argument("--refiner", default="", choices=["", "irn", "crf"],
                    help="--segment's pseudo masks (default: crf on the demo worlds, irn on real data)")
+    p.add_argument("--infercam", default="", metavar="KEY=VALUE,...",
+                   help="InferCamConfig options for --methods infercam, e.g. erase=union,three_plus=none "
+                        "(the authors' code) or unite=scaled,max_rounds=3")
+
+
+def parse_infercam(text: str) -> dict:
+    """``"erase=union,max_rounds=3"`` -> {"erase": "union", "max_rounds": 3}, typed and checked
+    against InferCamConfig (a bad key or value stops the job before any work)."""
+    from wsss_ray.cams.infercam import InferCamConfig
+    kinds = {f.name: f.type for f in dataclasses.fields(InferCamConfig)}
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in kinds:
+            raise SystemExit(f"--infercam: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
+        kind = kinds[key]
+        try:
+            out[key] = value.lower() in ("1", "true", "yes") if kind == "bool" else \
+                {"int": int, "float": float}.get(kind, str)(value)
+        except ValueError:
+            raise SystemExit(f"--infercam: {key} takes a {kind}, got {value!r}") from None
+    try:
+        InferCamConfig(**out)
+    except ValueError as e:
+        raise SystemExit(f"--infercam: {e}") from None
+    return out
 
 
 def config_from_args(args) -> PipelineConfig:
@@ -55,7 +81,8 @@ def config_from_args(args) -> PipelineConfig:
     model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
     segment = tuple(m for m in args.segment.split(",") if m)
     return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict,
-                               segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu)
+                               segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu,
+                               infercam=parse_infercam(getattr(args, "infercam", "")))
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from wsss_ray.store import exists, join_uri, open_fs
+from wsss_ray.store import join_uri, open_fs, uri_exists, write_bytes_atomic
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,11 @@ class RunDir:
         return self.uri("eval", f"{method}.json")
 
     def exists(self, uri: str) -> bool:
-        fs, path = open_fs(uri)
-        return exists(fs, path)
+        return uri_exists(uri)
 
     def write_text(self, uri: str, text: str) -> None:
         fs, path = open_fs(uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = path + ".tmp"
-        with fs.open_output_stream(tmp) as out:
-            out.write(text.encode())
-        fs.move(tmp, path)
+        write_bytes_atomic(fs, path, text.encode())
 
     def read_text(self, uri: str) -> str:
         fs, path = open_fs(uri)

@@ -14,6 +14,7 @@ its strided maps anyway (benchmarks/storage.py measures the mIoU cost).
 from __future__ import annotations
 
 import os
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +95,24 @@ def write_table_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
     fs.create_dir(parent, recursive=True)
     pq.write_table(table, tmp, filesystem=fs, compression="zstd")
     fs.move(tmp, path)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``path``, then rename: a crash never leaves a
+    half file that a rerun would take as done (readers skip names starting with '_')."""
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    tmp = f"_tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{name}"
+    if parent:
+        fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/{tmp}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def uri_exists(uri: str, filesystem: pafs.FileSystem | None = None) -> bool:
+    fs, path = open_fs(uri, filesystem)
+    return exists(fs, path)
 
 
 def list_shards(fs: pafs.FileSystem, directory: str) -> list[str]:

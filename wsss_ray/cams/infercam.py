@@ -19,7 +19,8 @@ Pipeline per call (all images share one size H x W):
    patch, keeps an element-wise running max, and erases (fills with the image's mean colour, in
    normalised space) every pixel whose running max is >= ``erase_threshold``; the next round
    infers the original patch with that mask. Erasing is per class (each class has its own copy);
-   the authors' code erases the max over the image's classes. A copy stops when the newly erased
+   the authors' code erases the max over the image's classes, which ``erase="union"`` does: the
+   copies of one patch share one mask (the union of theirs), one input a round and one stop test. A copy stops when the newly erased
    area is below ``stop_fraction`` of its patch or after ``max_rounds`` inferences (the first,
    un-erased one included, as in the code's ``range(5)``). The erased patch is built once and
    then scaled and flipped, so the flipped input hides the mirrored pixels and the fused map
@@ -71,10 +72,14 @@ class InferCamConfig:
     bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
     unite: str = "per_patch"      # "per_patch" (paper, code): each patch's map peaks at 1 before pasting;
                                   # "scaled": times the patch's raw first-round peak (normalised once, after)
+    erase: str = "per_class"      # "per_class" (paper: class-conditional, one mask per class);
+                                  # "union" (authors' code): one mask per patch, over all the image's classes
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):
             raise ValueError(f"unite must be 'per_patch' or 'scaled', got {self.unite!r}")
+        if self.erase not in ("per_class", "union"):
+            raise ValueError(f"erase must be 'per_class' or 'union', got {self.erase!r}")
         if self.three_plus not in ("per_class", "none"):
             raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
         if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
@@ -226,11 +231,17 @@ def canvas_size(copies: Sequence[Copy]) -> tuple[int, int]:
     return max(c.box[1] - c.box[0] for c in copies), max(c.box[3] - c.box[2] for c in copies)
 
 
-def first_round_inputs(images, fill, copies: Sequence[Copy], size):
-    """Un-erased inputs shared by the classes of an image: unique (image, patch) pairs only."""
-    keys = list(dict.fromkeys((c.image, c.box) for c in copies))
+def shared_inputs(images, fill, copies: Sequence[Copy], size, erased: torch.Tensor | None = None):
+    """One input per unique (image, patch) for copies that see the same pixels: every round 0,
+    and every round when erasing is per patch ("union"). ``erased`` is per copy, (M, *size); the
+    copies of one patch then hold the same mask, so the first one's is used."""
+    first: dict[tuple, int] = {}
+    for m, c in enumerate(copies):
+        first.setdefault((c.image, c.box), m)
+    keys = list(first)
     index = {k: u for u, k in enumerate(keys)}
-    inputs = build_inputs(images, fill, [k[0] for k in keys], [k[1] for k in keys], size)
+    hidden = None if erased is None else erased[[first[k] for k in keys]]
+    inputs = build_inputs(images, fill, [k[0] for k in keys], [k[1] for k in keys], size, hidden)
     owner = torch.tensor([index[(c.image, c.box)] for c in copies], device=images.device)
     return inputs, owner
 
@@ -260,8 +271,8 @@ def round_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tens
     each patch, (len(group), *size), and each map's raw peak before that, (len(group),).
     ``erased`` None is the first, un-erased round."""
     live = [copies[m] for m in group.tolist()]
-    if erased is None:
-        inputs, owner = first_round_inputs(images, fill, live, size)
+    if erased is None or cfg.erase == "union":
+        inputs, owner = shared_inputs(images, fill, live, size, erased)
     else:
         inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], size, erased)
         owner = torch.arange(len(live), device=images.device)
@@ -287,6 +298,7 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
     rounds = torch.zeros(len(copies), dtype=torch.long, device=device)
     peaks = images.new_zeros(len(copies))
     cls = torch.tensor([c.cls for c in copies], device=device)
+    patch = patch_index(copies, device)
     active = torch.arange(len(copies), device=device)
     for r in range(cfg.max_rounds if cfg.iterate else 1):
         for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
@@ -298,12 +310,28 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
                 peaks[group] = peak
         rounds[active] += 1
         now = (acc[active] >= cfg.erase_threshold) & inside[active]
+        if cfg.erase == "union":
+            now = union_by_patch(now, patch[active])
         newly = (now & ~erased[active]).sum((1, 2)) / area[active]
         erased[active] = now
         active = active[newly >= cfg.stop_fraction]
         if len(active) == 0:
             break
     return Iterated(acc, rounds, peaks)
+
+
+def patch_index(copies: Sequence[Copy], device) -> torch.Tensor:
+    """(M,) index of each copy's (image, patch) pair."""
+    keys = {k: u for u, k in enumerate(dict.fromkeys((c.image, c.box) for c in copies))}
+    return torch.tensor([keys[(c.image, c.box)] for c in copies], dtype=torch.long, device=device)
+
+
+def union_by_patch(masks: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    """Each (M, H, W) mask replaced by the union of the masks of the copies on its patch."""
+    _, local = torch.unique(patch, return_inverse=True)
+    hits = masks.new_zeros(int(local.max()) + 1, *masks.shape[1:], dtype=torch.int32)
+    hits.index_add_(0, local, masks.to(torch.int32))
+    return hits[local] > 0
 
 
 # ------------------------------------------------------------------ unite

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from wsss_ray.data.classmap import ErrorCollector, apply_class_subset, map_labels
 from wsss_ray.data.errors import ErrorRecord, ItemError
-from wsss_ray.data.images import absolute_root, list_names, read_bytes, save_mask, uri_exists
-from wsss_ray.store import join_uri
+from wsss_ray.data.images import absolute_root, list_names, read_bytes, save_mask
+from wsss_ray.store import join_uri, uri_exists
 from wsss_ray.data.manifest import IGNORE, ClassSpace, ManifestRow
 from wsss_ray.data.voc import VOC_NAMES
 

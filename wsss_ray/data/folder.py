@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from wsss_ray.data.classmap import ErrorCollector, stable_id
 from wsss_ray.data.errors import ErrorRecord, ItemError
-from wsss_ray.data.images import absolute_root, image_size, read_bytes, uri_exists
-from wsss_ray.store import join_uri
+from wsss_ray.data.images import absolute_root, image_size, read_bytes
+from wsss_ray.store import join_uri, uri_exists
 from wsss_ray.data.manifest import ClassSpace, ManifestRow
 
 _INT = re.compile(r"[+-]?\d+")

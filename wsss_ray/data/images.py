@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 import warnings
 
 import numpy as np
@@ -20,7 +19,7 @@ import pyarrow.fs as pafs
 from PIL import Image, ImageFile
 
 from wsss_ray.data.errors import ItemError
-from wsss_ray.store import exists, open_fs
+from wsss_ray.store import exists, open_fs, write_bytes_atomic
 
 # Our own cap, checked before decoding: big survey photos (8000 x 8000) are legitimate,
 # but anything past this would need gigabytes per image and is almost surely an error.
@@ -64,10 +63,6 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         raise ItemError(uri, "empty file (0 bytes)")
     return data
 
-
-def uri_exists(uri: str, filesystem: pafs.FileSystem | None = None) -> bool:
-    fs, path = open_fs(uri, filesystem)
-    return exists(fs, path)
 
 
 def list_names(dir_uri: str, filesystem: pafs.FileSystem | None = None) -> set[str] | None:
@@ -217,10 +212,4 @@ def save_png(array: np.ndarray, uri: str, filesystem: pafs.FileSystem | None = N
     buf = io.BytesIO()
     Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
     fs, path = open_fs(uri, filesystem)
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp = f"{parent}/_tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{name}" if parent else f"_tmp.{uuid.uuid4().hex[:8]}.{name}"
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(tmp) as out:
-        out.write(buf.getvalue())
-    fs.move(tmp, path)
+    write_bytes_atomic(fs, path, buf.getvalue())

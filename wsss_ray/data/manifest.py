@@ -66,12 +66,11 @@ def manifest_table(rows: list[ManifestRow]) -> pa.Table:
 
 def write_manifest(rows: list[ManifestRow], classes: ClassSpace, directory: str, filesystem=None) -> None:
     """Write ``manifest.parquet`` and ``classes.json`` under ``directory``."""
-    from wsss_ray.store import open_fs  # local import: store depends on nothing here
+    from wsss_ray.store import open_fs, write_bytes_atomic, write_table_atomic  # store depends on nothing here
     fs, path = open_fs(directory, filesystem)
-    fs.create_dir(path, recursive=True)
-    pq.write_table(manifest_table(rows), f"{path}/manifest.parquet", filesystem=fs)
-    with fs.open_output_stream(f"{path}/classes.json") as out:
-        out.write(classes.to_json().encode())
+    # both atomic, manifest.parquet last: the manifest stage takes its presence as "done"
+    write_bytes_atomic(fs, f"{path}/classes.json", classes.to_json().encode())
+    write_table_atomic(manifest_table(rows), fs, f"{path}/manifest.parquet")
 
 
 def read_manifest(directory: str, filesystem=None) -> tuple[pa.Table, ClassSpace]:

@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from wsss_ray.data.classmap import ErrorCollector, stable_id
 from wsss_ray.data.errors import ErrorRecord, ItemError
-from wsss_ray.data.images import absolute_root, image_size, list_names, read_bytes, uri_exists
-from wsss_ray.store import join_uri
+from wsss_ray.data.images import absolute_root, image_size, list_names, read_bytes
+from wsss_ray.store import join_uri, uri_exists
 from wsss_ray.data.manifest import ClassSpace, ManifestRow
 
 VOC_NAMES = (

@@ -9,21 +9,23 @@ import torch
 
 from wsss_ray.config import ModelConfig, from_dict, to_dict
 from wsss_ray.models.classifier import Classifier, build_classifier
-from wsss_ray.store import exists, join_uri, open_fs
+from wsss_ray.store import exists, join_uri, open_fs, write_bytes_atomic
 
 
 def save_classifier(model: Classifier, model_cfg: ModelConfig, num_classes: int, directory: str,
                     extra: dict | None = None) -> None:
-    fs, path = open_fs(directory)
-    fs.create_dir(path, recursive=True)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     meta = {"model": to_dict(model_cfg), "num_classes": num_classes, **(extra or {})}
-    for name, data in (("model.json", json.dumps(meta, indent=1).encode()), ("model.pt", buf.getvalue())):
-        with fs.open_output_stream(f"{path}/_{name}") as out:     # tmp then rename: atomic
-            out.write(data)
-    fs.move(f"{path}/_model.json", f"{path}/model.json")
-    fs.move(f"{path}/_model.pt", f"{path}/model.pt")          # model.pt last: it marks completion
+    save_state_dir(model.state_dict(), meta, directory)
+
+
+def save_state_dir(state: dict, meta: dict, directory: str) -> None:
+    """``model.json`` then ``model.pt`` (tensors only, loadable with weights_only=True), each
+    written atomically; model.pt comes last because its presence marks the directory complete."""
+    fs, path = open_fs(directory)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    write_bytes_atomic(fs, f"{path}/model.json", json.dumps(meta, indent=1).encode())
+    write_bytes_atomic(fs, f"{path}/model.pt", buf.getvalue())
 
 
 def load_state(directory: str, name: str = "model.pt") -> dict:
@@ -55,8 +57,8 @@ def save_epoch(directory: str, model, optimizer, epoch: int, metrics: dict) -> N
     for name, state in (("model.pt", core.state_dict()), ("optim.pt", optimizer.state_dict())):
         buf = io.BytesIO()
         torch.save(state, buf)
-        _write_atomic(fs, f"{path}/{name}", buf.getvalue())
-    _write_atomic(fs, f"{path}/state.json", json.dumps({"epoch": epoch, **metrics}).encode())
+        write_bytes_atomic(fs, f"{path}/{name}", buf.getvalue())
+    write_bytes_atomic(fs, f"{path}/state.json", json.dumps({"epoch": epoch, **metrics}).encode())
 
 
 def keep_epoch(epochs_dir: str, model, optimizer, epoch: int, metrics: dict, keep: int = 2) -> None:
@@ -103,10 +105,3 @@ def _epoch_names(fs, path: str) -> tuple[list[str], list[str]]:
     names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
                    if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-"))
     return names, [n for n in names if exists(fs, f"{path}/{n}/state.json")]
-
-
-def _write_atomic(fs, path: str, data: bytes) -> None:
-    tmp = f"{path.rsplit('/', 1)[0]}/_{path.rsplit('/', 1)[1]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)

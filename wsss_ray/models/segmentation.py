@@ -12,7 +12,6 @@ ResNet file already in the torch hub cache) or a path; ``weights`` a full state_
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -293,15 +292,8 @@ def predict_mask(model: nn.Module, x: torch.Tensor, image: np.ndarray, scales=(1
 
 def save_segmenter(model: nn.Module, meta: dict, directory: str) -> None:
     """``model.pt`` (tensors only) + ``model.json``; model.pt is renamed last (completion mark)."""
-    from wsss_ray.store import open_fs
-    fs, path = open_fs(directory)
-    fs.create_dir(path, recursive=True)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    for name, data in (("model.json", json.dumps(meta, indent=1).encode()), ("model.pt", buf.getvalue())):
-        with fs.open_output_stream(f"{path}/_{name}") as out:
-            out.write(data)
-        fs.move(f"{path}/_{name}", f"{path}/{name}")
+    from wsss_ray.models.checkpoint import save_state_dir
+    save_state_dir(model.state_dict(), meta, directory)
 
 
 def load_segmenter(directory: str) -> tuple[SegNet, dict]:

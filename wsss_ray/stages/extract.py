@@ -7,6 +7,7 @@ stage reuses the CAM's own scale-1.0 forward instead of a second Ray Data pass.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 
@@ -24,7 +25,7 @@ from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, has_samples, with_sample_classes
-from wsss_ray.store import MAPS_SCHEMA, decode_maps, map_row, open_fs, write_table_atomic
+from wsss_ray.store import MAPS_SCHEMA, decode_maps, join_uri, map_row, open_fs, write_table_atomic
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -145,6 +146,7 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
             raise ValueError(f"feature sampling needs chunk_size={FEATURE_CHUNK} (its shards are named by chunk)")
         manifest = with_sample_classes(manifest, classes.num_classes, feature_sampling)
     output_dir = run.uri("maps", name)
+    claim_output(run, output_dir, map_recipe(kind, checkpoint, params, prototypes_path, cam_cfg))
     chunks = plan_chunks(manifest, chunk_size)
     todo = pending_chunks(chunks, output_dir)
     start = time.perf_counter()
@@ -161,6 +163,31 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
     if feature_sampling is not None:
         out["feature_sampling_seconds"] = float(sum(s["side_seconds"] for s in stats))
     return out
+
+
+def map_recipe(kind: str, checkpoint: str, params: dict | None, prototypes_path: str, cam_cfg: CamConfig) -> dict:
+    """What the values in a maps directory depend on. Checkpoint and prototypes go by base name,
+    so a run directory can move (local path, file://, s3://) and still resume."""
+    def base(uri: str) -> str:
+        return uri.rstrip("/").rsplit("/", 1)[-1] if uri else ""
+    return {"kind": kind, "checkpoint": base(checkpoint), "prototypes": base(prototypes_path),
+            "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
+            "scales": list(cam_cfg.scales), "flip": cam_cfg.flip, "store_stride": cam_cfg.store_stride,
+            "max_side": cam_cfg.max_side}
+
+
+def claim_output(run: RunDir, output_dir: str, recipe: dict) -> None:
+    """Resume only what was started with the same recipe: a rerun with other options (say
+    ``--infercam erase=union``) would otherwise keep the old shards and mix two methods."""
+    path = join_uri(output_dir, "_recipe.json")          # '_': Parquet readers skip it
+    if not run.exists(path):
+        run.write_json(path, recipe)
+        return
+    old = run.read_json(path)
+    if old != recipe:
+        changed = {k: (old.get(k), recipe.get(k)) for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k)}
+        raise ValueError(f"{output_dir} holds maps made with another recipe (was, now): {changed}. "
+                         f"Use another run directory, or delete {output_dir} to recompute it.")
 
 
 class _Factory:

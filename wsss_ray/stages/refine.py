@@ -359,14 +359,8 @@ def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig,
 
 
 def _save_head(net: BoundaryNet, meta: dict, directory: str) -> None:
-    fs, path = open_fs(directory)
-    fs.create_dir(path, recursive=True)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.head_state().items()}, buf)
-    for name, data in (("model.json", json.dumps(meta, indent=1).encode()), ("model.pt", buf.getvalue())):
-        with fs.open_output_stream(f"{path}/_{name}") as out:
-            out.write(data)
-        fs.move(f"{path}/_{name}", f"{path}/{name}")     # model.pt last: it marks completion
+    from wsss_ray.models.checkpoint import save_state_dir
+    save_state_dir(net.head_state(), meta, directory)
 
 
 # ------------------------------------------------------------------ evaluation
