@@ -12,7 +12,8 @@ and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
 
 ``--authors-code`` adds the procedure of the authors' code, which the paper's own wording does
 not pin down: one erase mask per patch over all the image's classes (``erase="union"``) and no
-split for three or more classes (``three_plus="none"``), iterate-only and with both switches.
+split for three or more classes (``three_plus="none"``), iterate-only and with both switches,
+next to the paper's per-class procedure with the same switches.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def run_all(args) -> dict:
     if args.with_iterate:
         variants.update({name.replace("split", "both"): {**v, "iterate": True} for name, v in VARIANTS.items()})
     if args.authors_code:
-        variants.update({"infercam_iter_code": {"split": False, "iterate": True, "erase": "union"},
+        variants.update({"infercam_iter_pp": {"split": False, "iterate": True},
+                         "infercam_both_pp": {"split": True, "iterate": True, "unite": "per_patch"},
+                         "infercam_iter_code": {"split": False, "iterate": True, "erase": "union"},
                          "infercam_both_code": {"split": True, "iterate": True, "erase": "union",
                                                 "three_plus": "none"}})
     ensure_ray()
