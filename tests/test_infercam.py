@@ -209,21 +209,9 @@ def test_output_shapes_normalised_and_batched(split, iterate, three_plus):
 
 
 def reference_patch(features, weight, image, fill, box, cls, scales, flip, cfg):
-    """One patch, alone, at its own size: the paper's loop written out plainly."""
-    y0, y1, x0, x1 = box
-    patch = image[:, y0:y1, x0:x1]
-    acc = torch.zeros(y1 - y0, x1 - x0)
-    erased = torch.zeros_like(acc, dtype=torch.bool)
-    for _ in range(cfg.max_rounds):
-        x = torch.where(erased, fill[:, None, None], patch)
-        cam = multiscale_cam(features, weight, x[None], tuple(acc.shape), scales, flip)[0, cls]
-        acc = torch.maximum(acc, cam / (cam.max() + 1e-5))
-        now = acc >= cfg.erase_threshold
-        newly = (now & ~erased).sum() / acc.numel()
-        erased = now
-        if newly < cfg.stop_fraction:
-            break
-    return acc
+    """One patch, alone, at its own size, for one class: the paper's loop (the authors' loop
+    below with a single class)."""
+    return reference_patch_union(features, weight, image, fill, box, [cls], scales, flip, cfg)[0]
 
 
 def test_exact_size_batching_equals_a_patch_by_patch_loop():
