@@ -367,3 +367,21 @@ def test_union_by_patch_merges_the_masks_of_copies_on_one_patch():
     merged = union_by_patch(masks, torch.tensor([4, 4, 7]))
     assert merged[0].tolist() == merged[1].tolist() == [[True, False], [False, True]]
     assert merged[2].tolist() == [[False, True], [False, False]]
+
+
+def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
+    import argparse
+
+    from wsss_ray.cli import add_pipeline_args, config_from_args, parse_infercam
+    assert parse_infercam("erase=union, three_plus=none,max_rounds=3,stop_fraction=0.05,iterate=false") == \
+        {"erase": "union", "three_plus": "none", "max_rounds": 3, "stop_fraction": 0.05, "iterate": False}
+    assert parse_infercam("") == {}
+    for bad, says in [("erase=both", "erase must be"), ("rounds=3", "'rounds=3' is not KEY=VALUE"),
+                      ("max_rounds=x", "max_rounds=.x. is not a valid int"),
+                      ("split=maybe", "split=.maybe. is not a valid bool"), ("unite", "'unite' is not KEY=VALUE")]:
+        with pytest.raises(SystemExit, match=says):
+            parse_infercam(bad)
+    parser = argparse.ArgumentParser()
+    add_pipeline_args(parser, "cam")
+    cfg = config_from_args(parser.parse_args(["--methods", "cam,infercam", "--infercam", "erase=union"]))
+    assert cfg.infercam == {"erase": "union"}

@@ -35,6 +35,13 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
                         "(the authors' code) or unite=scaled,max_rounds=3")
 
 
+def parse_bool(value: str) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if value.lower() not in words:
+        raise ValueError(value)
+    return words[value.lower()]
+
+
 def parse_infercam(text: str) -> dict:
     """``"erase=union,max_rounds=3"`` -> {"erase": "union", "max_rounds": 3}, typed and checked
     against InferCamConfig (a bad key or value stops the job before any work)."""
@@ -47,10 +54,9 @@ def parse_infercam(text: str) -> dict:
             raise SystemExit(f"--infercam: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
         kind = kinds[key]
         try:
-            out[key] = value.lower() in ("1", "true", "yes") if kind == "bool" else \
-                {"int": int, "float": float}.get(kind, str)(value)
+            out[key] = {"bool": parse_bool, "int": int, "float": float}.get(kind, str)(value)
         except ValueError:
-            raise SystemExit(f"--infercam: {key} takes a {kind}, got {value!r}") from None
+            raise SystemExit(f"--infercam: {key}={value!r} is not a valid {kind}") from None
     try:
         InferCamConfig(**out)
     except ValueError as e:
