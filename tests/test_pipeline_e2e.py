@@ -1,9 +1,7 @@
 """End-to-end checks on the --quick demo flow (run once per session by the quick_run fixture)."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 

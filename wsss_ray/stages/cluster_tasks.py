@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wsss_ray.clustering import CONTEXT, FG, spherical_kmeans
+from wsss_ray.clustering import CONTEXT, FG, Clusters, spherical_kmeans
 from wsss_ray.store import join_uri, list_shards, open_fs
 
 
@@ -30,13 +30,14 @@ def class_features(features_dir: str, class_id: int, dim: int) -> dict[str, np.n
 def cluster_class(features_dir: str, class_id: int, dim: int, k: int, iters: int, seed: int,
                   use_gpu: bool | None = None) -> list[dict]:
     """Spherical k-means of one class's foreground and context features separately."""
-    rows = []
-    for kind, points in class_features(features_dir, class_id, dim).items():
-        clusters = spherical_kmeans(points, k, iters, seed + class_id, use_gpu)
-        for j, (vec, size) in enumerate(zip(clusters.prototypes, clusters.sizes)):
-            rows.append({"class_id": class_id, "kind": kind, "cluster": j, "size": int(size),
-                         "vector": vec.tolist()})
-    return rows
+    return [row for kind, points in class_features(features_dir, class_id, dim).items()
+            for row in centre_rows(class_id, kind, spherical_kmeans(points, k, iters, seed + class_id, use_gpu))]
+
+
+def centre_rows(class_id: int, kind: str, clusters: Clusters) -> list[dict]:
+    """One row per cluster centre (the centres table before its class scores)."""
+    return [{"class_id": class_id, "kind": kind, "cluster": j, "size": int(n), "vector": v.tolist()}
+            for j, (v, n) in enumerate(zip(clusters.prototypes, clusters.sizes))]
 
 
 def cluster_classes(features_dir: str, class_ids: list[int], dim: int, k: int, iters: int, seed: int,

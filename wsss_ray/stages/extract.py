@@ -134,7 +134,7 @@ class MapProcessor(ModelRunner):
 
 
 def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: CamConfig,
-                 params: dict | None = None, prototypes_path: str = "", chunk_size: int = 32,
+                 params: dict | None = None, prototypes_path: str = "", chunk_size: int = FEATURE_CHUNK,
                  strict: bool = False, feature_sampling: LPCAMConfig | None = None) -> dict:
     """Compute ``kind`` maps for every labelled manifest image not yet in ``maps/<name>``.
 

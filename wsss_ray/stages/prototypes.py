@@ -85,6 +85,19 @@ def sample_features(run: RunDir, checkpoint: str, cfg: LPCAMConfig, cam_cfg: Cam
             "seconds": time.perf_counter() - start, "errors": int(sum(s["num_errors"] for s in stats))}
 
 
+CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()),
+                            ("size", pa.int64()), ("vector", pa.list_(pa.float32())), ("score", pa.float64())])
+
+
+def centres_table(rows: list[dict], head: np.ndarray) -> pa.Table:
+    """Centre rows with their class score p = softmax(centre . W)[class] (prototypes/centres.parquet)."""
+    if rows:
+        scores = class_scores(np.asarray([r["vector"] for r in rows], np.float32), head)
+        for r, p in zip(rows, scores):
+            r["score"] = float(p[r["class_id"]])
+    return pa.Table.from_pylist(rows, schema=CENTRES_SCHEMA)
+
+
 def cluster_task_groups(num_classes: int, slots: int) -> list[list[int]]:
     """Classes dealt round-robin into at most ``slots`` groups (one Ray task each)."""
     slots = max(1, min(num_classes, slots))
@@ -108,14 +121,7 @@ def cluster_all(run: RunDir, checkpoint: str, cfg: LPCAMConfig, use_gpu: bool = 
     groups = cluster_task_groups(num_classes, cluster_slots(use_gpu))
     refs = [task.remote(run.uri("features"), group, dim, cfg.k, cfg.kmeans_iters, cfg.seed) for group in groups]
     by_class = {c: rows for part in ray.get(refs) for c, rows in part.items()}
-    rows = [r for c in range(num_classes) for r in by_class[c]]
-    if rows:
-        scores = class_scores(np.asarray([r["vector"] for r in rows], np.float32), head)
-        for r, p in zip(rows, scores):
-            r["score"] = float(p[r["class_id"]])
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()), ("size", pa.int64()),
-        ("vector", pa.list_(pa.float32())), ("score", pa.float64())]))
+    table = centres_table([r for c in range(num_classes) for r in by_class[c]], head)
     write_table_uri(table, run.uri("prototypes", "centres.parquet"))
     return {"centres": table.num_rows, "tasks": len(groups), "seconds": time.perf_counter() - start}
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, strided_size, with_flips
-from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, class_scores, lpcam_terms, split_positions
+from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, lpcam_terms, split_positions
 from wsss_ray.clustering import spherical_kmeans
 from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from wsss_ray.data.manifest import read_manifest
@@ -56,14 +56,12 @@ from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, sample_images
-from wsss_ray.stages.prototypes import select_prototypes
+from wsss_ray.stages.cluster_tasks import centre_rows
+from wsss_ray.stages.prototypes import centres_table, select_prototypes
 from wsss_ray.store import (decode_maps, encode_maps, join_uri, list_shards, map_row, open_fs, read_table_uri,
                             write_table_atomic, write_table_uri)
 
 KNOBS = ("tau", "k", "mu_f", "mu_b_low", "mu_b_high")
-CACHE_CHUNK = 32            # the extraction stages' chunk size: same batches, same features
-CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("cluster", pa.int32()),
-                            ("size", pa.int64()), ("vector", pa.list_(pa.float32())), ("score", pa.float64())])
 FUSED_SCHEMA = pa.schema([("image_id", pa.int64()), ("scale_index", pa.int32()), ("shape", pa.list_(pa.int32())),
                           ("data", pa.binary())])
 SPLIT_SCHEMA = pa.schema([("image_id", pa.int64()), ("classes", pa.list_(pa.int32())), ("height", pa.int32()),
@@ -181,7 +179,7 @@ def _cache_key(run: RunDir, cam_cfg: CamConfig, fused_dtype: str) -> dict:
     fs, path = open_fs(run.uri("checkpoints", "cam", "model.pt"))
     info = fs.get_file_info(path)
     key = {"checkpoint_bytes": info.size, "checkpoint_mtime_ns": info.mtime_ns, "cam": to_dict(cam_cfg),
-           "fused_dtype": fused_dtype, "chunk_size": CACHE_CHUNK}
+           "fused_dtype": fused_dtype, "chunk_size": FEATURE_CHUNK}
     return json.loads(json.dumps(key))          # as info.json will hold it (tuples become lists)
 
 
@@ -203,7 +201,7 @@ def build_feature_cache(run: RunDir, fused_dtype: str = "float16") -> dict:
             return dict(old, reused=True)
     run.write_json(info_path, {"key": key, "complete": False})
     manifest, _ = read_manifest(run.manifest())
-    chunks = plan_chunks(manifest, CACHE_CHUNK)
+    chunks = plan_chunks(manifest, FEATURE_CHUNK)
     todo = pending_chunks(chunks, cache_uri(run, "split"))
     start = time.perf_counter()
     factory = _Factory(SweepCacheProcessor, checkpoint=run.uri("checkpoints", "cam"),
@@ -270,14 +268,8 @@ def cluster_points(per_class: dict[int, dict], num_classes: int, dim: int, cfg: 
         for kind in (FG, CONTEXT):
             parts = per_class.get(c, {}).get(kind, [])
             points = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-            clusters = spherical_kmeans(points, cfg.k, cfg.kmeans_iters, cfg.seed + c)
-            rows += [{"class_id": c, "kind": kind, "cluster": j, "size": int(n), "vector": v.tolist()}
-                     for j, (v, n) in enumerate(zip(clusters.prototypes, clusters.sizes))]
-    if rows:
-        scores = class_scores(np.asarray([r["vector"] for r in rows], np.float32), head)
-        for r, p in zip(rows, scores):
-            r["score"] = float(p[r["class_id"]])
-    return pa.Table.from_pylist(rows, schema=CENTRES_SCHEMA)
+            rows += centre_rows(c, kind, spherical_kmeans(points, cfg.k, cfg.kmeans_iters, cfg.seed + c))
+    return centres_table(rows, head)
 
 
 def centres_key(cfg: LPCAMConfig) -> str:
