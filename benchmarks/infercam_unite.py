@@ -10,6 +10,9 @@ and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
     PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/demo_v2 --with-iterate --tag demo
     PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/demo_v2 --authors-code --tag demo_code
 
+``--from-cam-maps`` repeats every split variant (``<name>_cm``) with its centres read from the
+run's stored 8-bit CAM maps, as the main job does, to show what that precision costs.
+
 ``--authors-code`` adds the procedure of the authors' code, which the paper's own wording does
 not pin down: one erase mask per patch over all the image's classes (``erase="union"``) and no
 split for three or more classes (``three_plus="none"``), iterate-only and with both switches,
@@ -37,6 +40,7 @@ def parse_args():
     p.add_argument("run_dir")
     p.add_argument("--with-iterate", action="store_true", help="also both switches on, both ways")
     p.add_argument("--authors-code", action="store_true", help="also the authors' code's erasing and splits")
+    p.add_argument("--from-cam-maps", action="store_true", help="also each split variant with stored-map centres")
     p.add_argument("--tag", default="", help="results file infercam_unite_<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
@@ -54,15 +58,22 @@ def run_all(args) -> dict:
                          "infercam_iter_code": {"split": False, "iterate": True, "erase": "union"},
                          "infercam_both_code": {"split": True, "iterate": True, "erase": "union",
                                                 "three_plus": "none"}})
+    baselines = {}
+    if args.from_cam_maps:
+        for name, v in list(variants.items()):
+            if v["split"]:
+                variants[f"{name}_cm"], baselines[f"{name}_cm"] = v, "cam"
     ensure_ray()
     out = {}
     for name in ["cam", *variants]:
         start = time.perf_counter()
-        if name != "cam":
-            extract_maps(run, name, "infercam", run.uri("checkpoints", "cam"), config["cam"], variants[name])
+        # a no-op on a finished run, except that a run made before maps recorded their recipe gets one
+        kind, params = ("cam", {}) if name == "cam" else ("infercam", variants[name])
+        extract_maps(run, name, kind, run.uri("checkpoints", "cam"), config["cam"], params,
+                     baseline=baselines.get(name, ""))
         seconds = time.perf_counter() - start
         best = evaluate_maps(run, name, config["dataset"], EvalConfig(), write=False)["best"]
-        out[name] = {"params": variants.get(name, {}), "extract_seconds": seconds,
+        out[name] = {"params": variants.get(name, {}), "baseline": baselines.get(name, ""), "extract_seconds": seconds,
                      **{k: best[k] for k in ("threshold", "miou", "precision", "recall", "fp", "fn")}}
         show(f"{name}: best thr, mIoU, precision, recall",
              f"{best['threshold']:.2f}, {best['miou']:.4f}, {best['precision']:.4f}, {best['recall']:.4f}")

@@ -235,6 +235,35 @@ def test_exact_size_batching_equals_a_patch_by_patch_loop():
         assert torch.allclose(got[i], want, atol=1e-5), i
 
 
+def test_stored_baseline_maps_replace_the_baseline_inference():
+    """Centres from the CAM pass's maps: exact maps give the same InferCam maps without the
+    baseline's backbone calls; 8-bit stored maps move a centre by at most one pixel."""
+    from wsss_ray.cams.infercam import centres_from_maps, class_centres
+    from wsss_ray.store import decode_maps, encode_maps
+    features, weight = random_backbone(6)
+    images = torch.randn(3, 3, 36, 44)
+    classes = [[1], [0, 2], [0, 1, 3]]
+    scales, out_size = (1.0, 0.5), (9, 11)
+    cfg = InferCamConfig(split=True, iterate=False)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return features(x)
+    inferred = infercam_maps(counted, weight, images, classes, out_size, scales, True, cfg)
+    inferred_calls = len(calls)
+    baselines = select_and_normalise(multiscale_cam(features, weight, images, out_size, scales, True), classes)
+    calls.clear()
+    reused = infercam_maps(counted, weight, images, classes, out_size, scales, True, cfg, baselines)
+    assert len(calls) == inferred_calls - len(scales)        # one flip-paired call per scale less
+    for a, b in zip(inferred, reused):
+        assert torch.equal(a, b)
+    exact = class_centres(features, weight, images, classes, out_size, scales, True)
+    stored = [torch.from_numpy(decode_maps(encode_maps(m.numpy()), m.shape)) for m in baselines]
+    for e, q in zip(exact, centres_from_maps(stored, (36, 44))):
+        assert all(abs(a - b) <= 1 for pe, pq in zip(e, q) for a, b in zip(pe, pq))
+
+
 def test_size_buckets_infer_fewer_pixels_than_one_canvas():
     features, weight = random_backbone(5)
     image = torch.randn(1, 3, 40, 40)

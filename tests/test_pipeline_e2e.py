@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from wsss_ray.config import DatasetConfig
@@ -167,3 +168,35 @@ def test_rerun_with_other_options_refuses_to_mix_maps(quick_run):
         extract_maps(RunDir(run_dir), "cam", "cam", str(Path(run_dir, "checkpoints", "cam")), cfg.cam,
                      {"variant": "w'"})
     assert shard_bytes(Path(run_dir, "maps", "cam")) == before
+
+
+def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run):
+    """The split variants take the baseline from maps/cam (same checkpoint, weight, scales,
+    grid); a CAM of other weights is never taken for it, and a batch whose stored rows do not
+    match its labels falls back to inferring the baseline."""
+    from wsss_ray.stages.extract import MapProcessor, map_recipe, usable_baseline
+    run_dir, cfg, _ = quick_run
+    run, ckpt = RunDir(run_dir), str(Path(run_dir, "checkpoints", "cam"))
+    recipes = {n: json.loads(Path(run_dir, "maps", n, "_recipe.json").read_text())
+               for n in ("infercam", "infercam_split", "infercam_iter")}
+    assert recipes["infercam"]["baseline"] == recipes["infercam_split"]["baseline"] == "cam"
+    assert "baseline" not in recipes["infercam_iter"]
+    split = map_recipe("infercam", ckpt, {"split": True}, "", cfg.cam)
+    assert usable_baseline(run, "cam", split) == "cam"
+    assert usable_baseline(run, "recam_wprod", split) == ""                  # ReCAM checkpoint
+    assert usable_baseline(run, "cam", map_recipe("infercam", ckpt, {"variant": "w'"}, "", cfg.cam)) == ""
+    with pytest.raises(ValueError, match="takes no baseline"):
+        usable_baseline(run, "cam", map_recipe("lpcam", ckpt, {}, "", cfg.cam))
+
+    proc = MapProcessor(ckpt, "infercam", {"split": True}, cfg.cam, str(Path(run_dir, "unused")),
+                        baseline_dir=str(Path(run_dir, "maps", "cam")))
+    stored = pq.read_table(str(Path(run_dir, "maps", "cam"))).slice(0, 2).to_pylist()
+    batch = [{"image_id": r["image_id"], "labels": r["classes"]} for r in stored]
+    by_id = {r["image_id"]: r for r in stored}
+    got = proc.stored_baselines(batch, by_id, (28, 28))
+    assert [tuple(g.shape) for g in got] == [(len(r["classes"]), 28, 28) for r in stored]
+    assert torch.equal(got[0], torch.from_numpy(np.frombuffer(stored[0]["data"], np.uint8)
+                                                .reshape(stored[0]["map_shape"]) / np.float32(255.0)))
+    assert proc.stored_baselines(batch, by_id, (14, 14)) is None             # another grid
+    assert proc.stored_baselines([{**batch[0], "labels": [4, 0]}], by_id, (28, 28)) is None
+    assert proc.stored_baselines(batch, {stored[0]["image_id"]: stored[0]}, (28, 28)) is None

@@ -18,6 +18,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -74,6 +75,15 @@ def encode_maps(maps: np.ndarray) -> bytes:
 
 def decode_maps(data: bytes, shape) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(tuple(shape)).astype(np.float32) / 255.0
+
+
+def read_map_rows(maps_dir: str, image_ids) -> dict[int, dict]:
+    """The stored map rows of ``image_ids`` in a maps directory, by image id (absent ids are
+    simply missing; files whose names start with '_' or '.' are skipped)."""
+    fs, path = open_fs(maps_dir)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+        filter=pads.field("image_id").isin(list(image_ids)))
+    return {r["image_id"]: r for r in table.to_pylist()}
 
 
 def map_row(image_id: int, classes, height: int, width: int, maps: np.ndarray) -> dict:

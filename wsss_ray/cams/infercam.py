@@ -6,7 +6,9 @@ Pipeline per call (all images share one size H x W):
    grid the pipeline stores); per GT class the intensity-weighted centre of mass on that grid,
    mapped to the nearest image pixel (pixel-centre convention, as bilinear with
    ``align_corners=False``). Max-normalisation does not move a centre of mass, so the raw map is
-   used. An all-zero map gives the image centre (the authors' fallback).
+   used, or the CAM pass's stored maps when the caller passes them (``baselines``: one baseline
+   inference less per image; at the store's 8-bit precision a centre can move by a pixel). An
+   all-zero map gives the image centre (the authors' fallback).
 2. **Split** (:func:`split_boxes`, :func:`class_boxes`). One class: four quadrants around the
    centre, each reaching ``buffer_one`` px past the centre lines. Two classes: the rectangle
    spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
@@ -161,9 +163,14 @@ def class_centres(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.T
                   out_size: tuple[int, int], scales, flip: bool) -> list[list[tuple[int, int]]]:
     """Per image, per GT class: centre of mass of the baseline CAM, in image pixels."""
     cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
-    size = tuple(images.shape[-2:])
-    return [[grid_to_image(centre_of_mass(cams[i, c]), out_size, size) for c in cls]
-            for i, cls in enumerate(classes)]
+    return centres_from_maps([cams[i, list(cls)] for i, cls in enumerate(classes)], tuple(images.shape[-2:]))
+
+
+def centres_from_maps(baselines: Sequence[torch.Tensor], image_size: tuple[int, int]) -> list[list[tuple[int, int]]]:
+    """Per image, per map of its (len(classes), h, w) baseline: the centre of mass in image
+    pixels. Any per-map scaling gives the same centre, so stored max-normalised CAM maps serve."""
+    return [[grid_to_image(centre_of_mass(m), tuple(maps.shape[-2:]), image_size) for m in maps]
+            for maps in baselines]
 
 
 def needs_centres(classes, cfg: InferCamConfig) -> bool:
@@ -357,15 +364,22 @@ def unite(acc: torch.Tensor, copies: Sequence[Copy], classes, image_size: tuple[
 
 def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
                   out_size: tuple[int, int], scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True,
-                  cfg: InferCamConfig = InferCamConfig()) -> list[torch.Tensor]:
-    """InferCam maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised."""
+                  cfg: InferCamConfig = InferCamConfig(), baselines: Sequence[torch.Tensor] | None = None,
+                  ) -> list[torch.Tensor]:
+    """InferCam maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised.
+
+    ``baselines``: each image's baseline CAM maps of its GT classes (as the CAM pass stores
+    them), so the split takes its centres from them instead of inferring the baseline again.
+    """
     out_size = tuple(out_size)
     with torch.no_grad():
         if not cfg.split and not cfg.iterate:
             return select_and_normalise(multiscale_cam(features_fn, weight, images, out_size, scales, flip), classes)
         height, width = images.shape[-2:]
-        centres = class_centres(features_fn, weight, images, classes, out_size, scales, flip) \
-            if needs_centres(classes, cfg) else None
+        centres = None
+        if needs_centres(classes, cfg):
+            centres = centres_from_maps(baselines, (height, width)) if baselines is not None else \
+                class_centres(features_fn, weight, images, classes, out_size, scales, flip)
         copies = plan_copies(classes, centres, height, width, cfg)
         if not copies:
             return [images.new_zeros(len(cls), *out_size) for cls in classes]

@@ -34,8 +34,8 @@ def infercam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", 
     cfg = InferCamConfig(**{k: v for k, v in params.items() if k in InferCamConfig.__dataclass_fields__})
     weight = model.cam_weight(variant).detach()
 
-    def fn(images, classes, out_size):
-        return infercam_maps(model.features, weight, images, classes, out_size, scales, flip, cfg)
+    def fn(images, classes, out_size, baselines=None):
+        return infercam_maps(model.features, weight, images, classes, out_size, scales, flip, cfg, baselines)
     return fn
 
 
@@ -52,6 +52,8 @@ def advcam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", **
 
 MAP_METHODS = {"cam": cam_map_fn, "lpcam": lpcam_map_fn, "infercam": infercam_map_fn,
                "advcam": advcam_map_fn}
+# methods whose fn also takes ``baselines=``: the CAM pass's stored maps of the same images
+TAKES_BASELINES = {"infercam"}
 
 
 def build_map_fn(kind: str, model, params: dict) -> MapFn:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from wsss_ray.cams.cam import strided_size
-from wsss_ray.cams.registry import build_map_fn
+from wsss_ray.cams.registry import TAKES_BASELINES, build_map_fn
 from wsss_ray.cams.training import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig
 from wsss_ray.data.manifest import read_manifest
@@ -25,7 +25,7 @@ from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, has_samples, with_sample_classes
-from wsss_ray.store import MAPS_SCHEMA, decode_maps, join_uri, map_row, open_fs, write_table_atomic
+from wsss_ray.store import MAPS_SCHEMA, decode_maps, join_uri, map_row, open_fs, read_map_rows, write_table_atomic
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -77,8 +77,10 @@ class ScaleOneFeatures:
 
 class MapProcessor(ModelRunner):
     def __init__(self, checkpoint_dir: str, kind: str, params: dict, cam_cfg: CamConfig, output_dir: str,
-                 prototypes_path: str = "", features_dir: str = "", lpcam_cfg: LPCAMConfig | None = None):
+                 prototypes_path: str = "", features_dir: str = "", lpcam_cfg: LPCAMConfig | None = None,
+                 baseline_dir: str = ""):
         super().__init__(checkpoint_dir, cam_cfg.use_gpu)
+        self.baseline_dir = baseline_dir
         params = dict(params, scales=tuple(cam_cfg.scales), flip=cam_cfg.flip)
         if prototypes_path:
             fs, path = open_fs(prototypes_path)
@@ -98,12 +100,16 @@ class MapProcessor(ModelRunner):
         sampling = self.sampler is not None and has_samples(rows)
         if sampling:
             self.sampler.seconds = 0.0
+        stored = read_map_rows(self.baseline_dir, [r["image_id"] for r in rows]) if self.baseline_dir else {}
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
             h, w = images[batch[0]["image_id"]].shape[:2]
             x = self.tensor([images[r["image_id"]] for r in batch])
             if self.scale_one is not None:
                 self.scale_one.expect(x)
-            maps = self.map_fn(x, [r["labels"] for r in batch], strided_size(h, w, self.cfg.store_stride))
+            out_size = strided_size(h, w, self.cfg.store_stride)
+            baselines = self.stored_baselines(batch, stored, out_size)
+            extra = {} if baselines is None else {"baselines": baselines}
+            maps = self.map_fn(x, [r["labels"] for r in batch], out_size, **extra)
             batch_rows = [map_row(r["image_id"], r["labels"], h, w, m.float().cpu().numpy())
                           for r, m in zip(batch, maps)]
             if sampling:
@@ -116,6 +122,15 @@ class MapProcessor(ModelRunner):
         fs, path = open_fs(self.output_dir)
         write_table_atomic(pa.Table.from_pylist(out_rows, schema=MAPS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
         return []
+
+    def stored_baselines(self, batch: list[dict], stored: dict, out_size) -> list[torch.Tensor] | None:
+        """The batch's stored baseline maps, or None (the map function infers them) unless every
+        image has a row for its labels on this grid."""
+        picked = [stored.get(r["image_id"]) for r in batch]
+        if not stored or any(p is None or list(p["classes"]) != list(r["labels"])
+                             or tuple(p["map_shape"][1:]) != tuple(out_size) for p, r in zip(picked, batch)):
+            return None
+        return [torch.from_numpy(decode_maps(p["data"], p["map_shape"])).to(self.device) for p in picked]
 
     def sample_features(self, batch: list[dict], x: torch.Tensor, map_rows: list[dict]) -> None:
         """LPCAM features of the batch's sampled images, split by the CAM just computed, read
@@ -135,10 +150,13 @@ class MapProcessor(ModelRunner):
 
 def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: CamConfig,
                  params: dict | None = None, prototypes_path: str = "", chunk_size: int = FEATURE_CHUNK,
-                 strict: bool = False, feature_sampling: LPCAMConfig | None = None) -> dict:
+                 strict: bool = False, feature_sampling: LPCAMConfig | None = None, baseline: str = "") -> dict:
     """Compute ``kind`` maps for every labelled manifest image not yet in ``maps/<name>``.
 
     ``feature_sampling`` (CAM maps only): also write LPCAM's sampled features to ``features/``.
+    ``baseline`` (InferCam only): a maps directory of the run whose CAM the method would infer
+    again (same checkpoint, weight, scales, flip and grid); its stored maps are read instead.
+    Without one that matches, the method infers its baseline itself.
     """
     manifest, classes = read_manifest(run.manifest())
     if feature_sampling is not None:
@@ -146,13 +164,18 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
             raise ValueError(f"feature sampling needs chunk_size={FEATURE_CHUNK} (its shards are named by chunk)")
         manifest = with_sample_classes(manifest, classes.num_classes, feature_sampling)
     output_dir = run.uri("maps", name)
-    claim_output(run, output_dir, map_recipe(kind, checkpoint, params, prototypes_path, cam_cfg))
+    recipe = map_recipe(kind, checkpoint, params, prototypes_path, cam_cfg)
+    baseline = usable_baseline(run, baseline, recipe)
+    if baseline:
+        recipe["baseline"] = baseline       # centres at storage precision: not the same maps bit for bit
+    claim_output(run, output_dir, recipe)
     chunks = plan_chunks(manifest, chunk_size)
     todo = pending_chunks(chunks, output_dir)
     start = time.perf_counter()
     sampling = {"features_dir": run.uri("features"), "lpcam_cfg": feature_sampling} if feature_sampling else {}
     factory = _Factory(MapProcessor, checkpoint=checkpoint, kind=kind, params=params or {}, cam_cfg=cam_cfg,
-                       output_dir=output_dir, prototypes_path=prototypes_path, **sampling)
+                       output_dir=output_dir, prototypes_path=prototypes_path,
+                       baseline_dir=run.uri("maps", baseline) if baseline else "", **sampling)
     stats = run_chunked(todo, factory, run.uri("errors", f"maps_{name}"), f"maps_{name}",
                         num_actors=cam_cfg.num_actors, actor_cpus=cam_cfg.actor_cpus, use_gpu=cam_cfg.use_gpu,
                         max_side=cam_cfg.max_side, strict=strict)
@@ -162,7 +185,29 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
            "seconds": time.perf_counter() - start}
     if feature_sampling is not None:
         out["feature_sampling_seconds"] = float(sum(s["side_seconds"] for s in stats))
+    if kind in TAKES_BASELINES:
+        out["baseline"] = baseline or "inferred"
     return out
+
+
+# what a CAM directory's values depend on that a baseline inferred again would also depend on
+BASELINE_KEYS = ("checkpoint", "scales", "flip", "store_stride", "max_side")
+
+
+def usable_baseline(run: RunDir, name: str, recipe: dict) -> str:
+    """``name`` if ``maps/<name>`` holds the very CAM a ``recipe`` map would infer as its
+    baseline, else "" (say, CAM maps of another checkpoint or weight variant)."""
+    if not name:
+        return ""
+    if recipe["kind"] not in TAKES_BASELINES:
+        raise ValueError(f"map method {recipe['kind']!r} takes no baseline maps (only {sorted(TAKES_BASELINES)})")
+    path = join_uri(run.uri("maps", name), "_recipe.json")
+    if not run.exists(path):
+        return ""
+    stored = run.read_json(path)
+    same = stored.get("kind") == "cam" and all(stored.get(k) == recipe[k] for k in BASELINE_KEYS)
+    variant = (stored.get("params") or {}).get("variant", "w") == recipe["params"].get("variant", "w")
+    return name if same and variant else ""
 
 
 def map_recipe(kind: str, checkpoint: str, params: dict | None, prototypes_path: str, cam_cfg: CamConfig) -> dict:

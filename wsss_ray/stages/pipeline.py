@@ -107,9 +107,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     ckpt = run.uri("checkpoints", "cam")
     dataset = cfg.dataset.kind if not cfg.dataset.class_subset else f"{cfg.dataset.kind}:{cfg.dataset.class_subset}"
 
-    def extract_and_eval(name, kind, checkpoint, params=None, prototypes="", feature_sampling=None):
+    def extract_and_eval(name, kind, checkpoint, params=None, prototypes="", feature_sampling=None, baseline=""):
         out = timed(f"maps_{name}", extract_maps, run, name, kind, checkpoint, cfg.cam, params or {}, prototypes,
-                    strict=cfg.strict, feature_sampling=feature_sampling)
+                    strict=cfg.strict, feature_sampling=feature_sampling, baseline=baseline)
         results[name] = timed(f"eval_{name}", evaluate_maps, run, name, dataset, cfg.eval)
         return out
 
@@ -138,7 +138,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         for name, switches in {"infercam": {"split": True, "iterate": True},
                                "infercam_split": {"split": True, "iterate": False},
                                "infercam_iter": {"split": False, "iterate": True}}.items():
-            extract_and_eval(name, "infercam", ckpt, {**cfg.infercam, **switches})
+            # the split's centres come from the CAM maps above instead of a second baseline pass
+            extract_and_eval(name, "infercam", ckpt, {**cfg.infercam, **switches},
+                             baseline="cam" if switches["split"] else "")
     if "advcam" in cfg.methods:
         extract_and_eval("advcam", "advcam", ckpt, dict(cfg.advcam))
         if "recam" in cfg.methods:          # the ReCAM paper's ReCAM + AdvCAM route

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 import torch
 
@@ -27,7 +26,7 @@ from wsss_ray.stages.chunks import pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.cluster_tasks import cluster_classes
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, with_sample_classes
-from wsss_ray.store import decode_maps, join_uri, open_fs, read_table_uri, write_table_uri
+from wsss_ray.store import decode_maps, join_uri, read_map_rows, read_table_uri, write_table_uri
 
 class FeatureProcessor(ModelRunner):
     """Scale-1.0 features (no flip) of a chunk's sampled images, split by their stored CAM at tau."""
@@ -37,14 +36,8 @@ class FeatureProcessor(ModelRunner):
         self.cam_dir, self.batch_size = cam_dir, cam_cfg.batch_size
         self.sampler = FeatureSampler(output_dir, cfg, self.model.backbone.out_channels)
 
-    def _cams(self, image_ids: list[int]) -> dict[int, dict]:
-        fs, path = open_fs(self.cam_dir)
-        table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-            filter=pads.field("image_id").isin(image_ids))
-        return {r["image_id"]: r for r in table.to_pylist()}
-
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
-        cams = self._cams([r["image_id"] for r in rows])
+        cams = read_map_rows(self.cam_dir, [r["image_id"] for r in rows])
         errors = []
         for batch in batches_by_shape(rows, images, self.batch_size):
             feats = self.model.features(self.tensor([images[r["image_id"]] for r in batch]))
