@@ -44,6 +44,7 @@ Cost (default config, one 112x112 image, 2 classes, 4 scales, flip): CAM = 8 bac
 calls. InferCam = baseline 8 + round 0 on 4 shared patches 32 + up to 4 more rounds on 8
 (patch, class) copies, 64 each: at most 296 inputs (37x CAM's count) in at most 24 calls; the
 patches (about 78x76 px with centres near the middle) make that about 18x CAM's pixels at most.
+With ``baselines`` (the main job passes the CAM pass's stored maps) the baseline's 8 inputs go.
 """
 from __future__ import annotations
 
