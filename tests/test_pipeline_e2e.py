@@ -170,7 +170,7 @@ def test_rerun_with_other_options_refuses_to_mix_maps(quick_run):
     assert shard_bytes(Path(run_dir, "maps", "cam")) == before
 
 
-def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run):
+def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run, tmp_path):
     """The split variants take the baseline from maps/cam (same checkpoint, weight, scales,
     grid); a CAM of other weights is never taken for it, and a batch whose stored rows do not
     match its labels falls back to inferring the baseline."""
@@ -200,3 +200,9 @@ def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run):
     assert proc.stored_baselines(batch, by_id, (14, 14)) is None             # another grid
     assert proc.stored_baselines([{**batch[0], "labels": [4, 0]}], by_id, (28, 28)) is None
     assert proc.stored_baselines(batch, {stored[0]["image_id"]: stored[0]}, (28, 28)) is None
+    # rows by id: absent ids are missing, a directory without shards yet gives none
+    from wsss_ray.store import read_map_rows
+    first = stored[0]["image_id"]
+    assert read_map_rows(str(Path(run_dir, "maps", "cam")), [first, -1]).keys() == {first}
+    (tmp_path / "_recipe.json").write_text("{}")
+    assert read_map_rows(str(tmp_path), [first]) == {}

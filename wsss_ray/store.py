@@ -81,8 +81,10 @@ def read_map_rows(maps_dir: str, image_ids) -> dict[int, dict]:
     """The stored map rows of ``image_ids`` in a maps directory, by image id (absent ids are
     simply missing; files whose names start with '_' or '.' are skipped)."""
     fs, path = open_fs(maps_dir)
-    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
-        filter=pads.field("image_id").isin(list(image_ids)))
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    if not dataset.files:            # no shard written yet: no schema to filter on
+        return {}
+    table = dataset.to_table(filter=pads.field("image_id").isin(list(image_ids)))
     return {r["image_id"]: r for r in table.to_pylist()}
 
 
