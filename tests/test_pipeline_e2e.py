@@ -200,9 +200,20 @@ def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run, tmp_path)
     assert proc.stored_baselines(batch, by_id, (14, 14)) is None             # another grid
     assert proc.stored_baselines([{**batch[0], "labels": [4, 0]}], by_id, (28, 28)) is None
     assert proc.stored_baselines(batch, {stored[0]["image_id"]: stored[0]}, (28, 28)) is None
-    # rows by id: absent ids are missing, a directory without shards yet gives none
-    from wsss_ray.store import read_map_rows
-    first = stored[0]["image_id"]
-    assert read_map_rows(str(Path(run_dir, "maps", "cam")), [first, -1]).keys() == {first}
+
+def test_map_rows_come_from_their_chunk_shard_and_the_rest_from_the_directory(quick_run, tmp_path, monkeypatch):
+    from wsss_ray import store
+    run_dir, _, _ = quick_run
+    cam_dir = Path(run_dir, "maps", "cam")
+    shards = sorted(cam_dir.glob("part-*.parquet"))
+    ids = [pq.read_table(s).column("image_id").to_pylist() for s in shards[:2]]
+    assert store.read_map_rows(str(cam_dir), [ids[0][0], ids[1][0], -1], shards[0].name).keys() == {ids[0][0], ids[1][0]}
+    assert store.read_map_rows(str(cam_dir), [ids[1][0]]).keys() == {ids[1][0]}
     (tmp_path / "_recipe.json").write_text("{}")
-    assert read_map_rows(str(tmp_path), [first]) == {}
+    assert store.read_map_rows(str(tmp_path), ids[0]) == {}          # no shard written yet
+
+    def no_directory_scan(*args, **kwargs):
+        raise AssertionError("the chunk's own shard held every row")
+    monkeypatch.setattr(store.pads, "dataset", no_directory_scan)
+    rows = store.read_map_rows(str(cam_dir), ids[0], shards[0].name)
+    assert sorted(rows) == sorted(ids[0])

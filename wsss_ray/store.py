@@ -77,15 +77,26 @@ def decode_maps(data: bytes, shape) -> np.ndarray:
     return np.frombuffer(data, np.uint8).reshape(tuple(shape)).astype(np.float32) / 255.0
 
 
-def read_map_rows(maps_dir: str, image_ids) -> dict[int, dict]:
+def read_map_rows(maps_dir: str, image_ids, shard: str = "") -> dict[int, dict]:
     """The stored map rows of ``image_ids`` in a maps directory, by image id (absent ids are
-    simply missing; files whose names start with '_' or '.' are skipped)."""
+    simply missing; files whose names start with '_' or '.' are skipped).
+
+    ``shard``: the file the rows should be in (the same chunk of an earlier pass); only ids it
+    lacks are looked up across the directory, so a run of N chunks opens N files, not N^2.
+    """
     fs, path = open_fs(maps_dir)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    if not dataset.files:            # no shard written yet: no schema to filter on
-        return {}
-    table = dataset.to_table(filter=pads.field("image_id").isin(list(image_ids)))
-    return {r["image_id"]: r for r in table.to_pylist()}
+    wanted = {int(i) for i in image_ids}
+    found = {}
+    if shard and exists(fs, f"{path}/{shard}"):
+        rows = pq.read_table(f"{path}/{shard}", filesystem=fs).to_pylist()
+        found = {r["image_id"]: r for r in rows if r["image_id"] in wanted}
+    missing = wanted - found.keys()
+    if missing:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        if dataset.files:            # no shard written yet: no schema to filter on
+            table = dataset.to_table(filter=pads.field("image_id").isin(sorted(missing)))
+            found.update({r["image_id"]: r for r in table.to_pylist()})
+    return found
 
 
 def map_row(image_id: int, classes, height: int, width: int, maps: np.ndarray) -> dict:

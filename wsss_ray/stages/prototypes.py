@@ -22,7 +22,7 @@ from wsss_ray.config import CamConfig, LPCAMConfig, to_json
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
-from wsss_ray.stages.chunks import pending_chunks, plan_chunks, run_chunked
+from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.cluster_tasks import cluster_classes
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, with_sample_classes
@@ -37,7 +37,7 @@ class FeatureProcessor(ModelRunner):
         self.sampler = FeatureSampler(output_dir, cfg, self.model.backbone.out_channels)
 
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
-        cams = read_map_rows(self.cam_dir, [r["image_id"] for r in rows])
+        cams = read_map_rows(self.cam_dir, [r["image_id"] for r in rows], chunk_name(chunk_id))
         errors = []
         for batch in batches_by_shape(rows, images, self.batch_size):
             feats = self.model.features(self.tensor([images[r["image_id"]] for r in batch]))
