@@ -100,8 +100,9 @@ class MapProcessor(ModelRunner):
         sampling = self.sampler is not None and has_samples(rows)
         if sampling:
             self.sampler.seconds = 0.0
-        stored = read_map_rows(self.baseline_dir, [r["image_id"] for r in rows], chunk_name(chunk_id)) \
-            if self.baseline_dir else {}
+        # decoded images only: one that failed to decode has no CAM row either, and asking for
+        # it would send every such chunk on a scan of the whole directory
+        stored = read_map_rows(self.baseline_dir, list(images), chunk_name(chunk_id)) if self.baseline_dir else {}
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
             h, w = images[batch[0]["image_id"]].shape[:2]
             x = self.tensor([images[r["image_id"]] for r in batch])

@@ -37,7 +37,7 @@ class FeatureProcessor(ModelRunner):
         self.sampler = FeatureSampler(output_dir, cfg, self.model.backbone.out_channels)
 
     def process(self, chunk_id: int, rows: list[dict], images: dict) -> list:
-        cams = read_map_rows(self.cam_dir, [r["image_id"] for r in rows], chunk_name(chunk_id))
+        cams = read_map_rows(self.cam_dir, list(images), chunk_name(chunk_id))     # decoded ones only
         errors = []
         for batch in batches_by_shape(rows, images, self.batch_size):
             feats = self.model.features(self.tensor([images[r["image_id"]] for r in batch]))
