@@ -333,3 +333,29 @@ def test_folder_integer_ids_and_given_names(tmp_path):
     tags.write_text("file,labels\na.jpg,0;3\nc.jpg,1\n")  # only ids, no names: ids kept
     rows, classes, errors = build_folder_manifest(str(images), str(tags))
     assert classes.names == ("0", "1", "2", "3") and [r.labels for r in rows] == [[0, 3], [1]]
+
+
+def _pet(patterned_head: bool, contrast: float = 1.0, cls: int = 0):
+    from wsss_ray.data.demo import IMAGE_SIZE, _draw_pet
+    canvas = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 128.0, np.float32)
+    labels = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    _draw_pet(np.random.default_rng(7), canvas, labels, cls, IMAGE_SIZE - 2, patterned_head, contrast)
+    return canvas, labels
+
+
+def test_demo_patterned_head_variant_keeps_the_cat_and_drops_its_yellow_head():
+    plain, plain_labels = _pet(patterned_head=False)
+    patterned, patterned_labels = _pet(patterned_head=True)
+    assert (plain_labels == patterned_labels).all() and (plain_labels == 1).sum() > 500
+    yellow = lambda img: ((img[..., 0] > 200) & (img[..., 1] > 180) & (img[..., 2] < 90)).sum()
+    assert yellow(plain) > 100 and yellow(patterned) == 0
+    # a dog's head turns round as well: its mask differs only there
+    assert (_pet(False, cls=1)[1] != _pet(True, cls=1)[1]).sum() > 0
+
+
+def test_demo_pattern_contrast_fades_the_dark_colour():
+    from wsss_ray.data.demo import _pet_body
+    spread = lambda c: _pet_body(np.random.default_rng(3), 64, 0, c)[..., 0].std()
+    assert spread(1.0) > 30 and spread(0.0) < 10 and spread(1.0) > spread(0.5) > spread(0.0)
+    # the shipped world's call (no contrast) draws the same pixels as contrast 1.0
+    assert (_pet_body(np.random.default_rng(3), 64, 1) == _pet_body(np.random.default_rng(3), 64, 1, 1.0)).all()

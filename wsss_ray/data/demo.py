@@ -50,10 +50,11 @@ def _noise_texture(rng, size, base, amp) -> np.ndarray:
     return np.clip(np.asarray(base, np.float32) + rng.normal(0, amp, (size, size, 3)), 0, 255)
 
 
-def _pet_body(rng, size, cls) -> np.ndarray:
+def _pet_body(rng, size, cls, contrast: float = 1.0) -> np.ndarray:
     """Cat and dog bodies share shape, size and palette (brown on tan); the pattern is the
     only body cue: diagonal stripes for cats, spots for dogs. Weaker than the head, but
-    class-specific: the non-discriminative part CAM under-activates."""
+    class-specific: the non-discriminative part CAM under-activates. ``contrast`` < 1 moves
+    the dark colour towards the light one (benchmarks/demo_world_variants.py)."""
     yy, xx = np.mgrid[:size, :size]
     period = int(rng.integers(4, 7))
     phase = int(rng.integers(0, period))
@@ -62,6 +63,8 @@ def _pet_body(rng, size, cls) -> np.ndarray:
     else:
         dark = (((xx + phase) % period) < period // 2) & (((yy + phase) % period) < period // 2)
     light_c, dark_c = np.array([200, 160, 110]), np.array([120, 72, 40])
+    if contrast != 1.0:
+        dark_c = light_c + contrast * (dark_c - light_c)
     img = np.where(dark[..., None], dark_c, light_c).astype(np.float32)
     return img + rng.normal(0, 8, img.shape)
 
@@ -72,8 +75,12 @@ def _place(rng, w, h, y_lo, y_hi, size=IMAGE_SIZE):
     return x0, y0
 
 
-def _draw_pet(rng, canvas, labels, cls, y_hi):
-    """Cat or dog: a body of shared shape and palette + a class-specific head."""
+def _draw_pet(rng, canvas, labels, cls, y_hi, patterned_head: bool = False, contrast: float = 1.0):
+    """Cat or dog: a body of shared shape and palette + a class-specific head.
+
+    ``patterned_head`` (a diagnosis variant, benchmarks/demo_world_variants.py): a round
+    head for both classes, filled with the body's pattern at ``contrast``, so the pattern
+    is the only class cue."""
     rx, ry = int(rng.integers(15, 21)), int(rng.integers(9, 13))
     head = int(rng.integers(6, 8))
     x0, y0 = _place(rng, 2 * rx + 2 * head, 2 * ry + 2, 2, y_hi)
@@ -82,21 +89,23 @@ def _draw_pet(rng, canvas, labels, cls, y_hi):
     body = _poly_mask(IMAGE_SIZE, lambda d: d.ellipse([bx0, y0, bx0 + 2 * rx, y0 + 2 * ry], fill=1))
     hx = bx0 - head + 2 if face_left else bx0 + 2 * rx + head - 2
     hy = y0 + ry - head // 2
-    if cls == CAT:
-        head_mask = _poly_mask(IMAGE_SIZE, lambda d: d.ellipse([hx - head, hy - head, hx + head, hy + head], fill=1))
-        head_colour = np.array([235, 205, 40])
+    round_head = cls == CAT or patterned_head
+    head_mask = _poly_mask(IMAGE_SIZE, lambda d: (d.ellipse if round_head else d.rectangle)(
+        [hx - head, hy - head, hx + head, hy + head], fill=1))
+    if patterned_head:
+        pet = body | head_mask
+        canvas[pet] = _pet_body(rng, IMAGE_SIZE, cls, contrast)[pet]
     else:
-        head_mask = _poly_mask(IMAGE_SIZE, lambda d: d.rectangle([hx - head, hy - head, hx + head, hy + head], fill=1))
-        head_colour = np.array([40, 90, 225])
-    canvas[body] = _pet_body(rng, IMAGE_SIZE, cls)[body]
-    canvas[head_mask] = head_colour + rng.normal(0, 6, (int(head_mask.sum()), 3))
+        head_colour = np.array([235, 205, 40]) if cls == CAT else np.array([40, 90, 225])
+        canvas[body] = _pet_body(rng, IMAGE_SIZE, cls)[body]
+        canvas[head_mask] = head_colour + rng.normal(0, 6, (int(head_mask.sum()), 3))
     eye = (hy - 2, hx + (-2 if face_left else 2))
     canvas[eye[0]:eye[0] + 2, eye[1]:eye[1] + 2] = 20
     labels[body | head_mask] = cls + 1
 
 
-def _draw_bird(rng, canvas, labels, y_hi):
-    r = int(rng.integers(7, 11))
+def _draw_bird(rng, canvas, labels, y_hi, radius=(7, 11)):
+    r = int(rng.integers(*radius))
     cx, cy = _place(rng, 2 * r, 2 * r, 2, y_hi)
     cx, cy = cx + r, cy + r
     angles = np.linspace(0, 2 * np.pi, 11)[:-1] + rng.uniform(0, 1)
