@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
 
 from wsss_ray.data.errors import ErrorRecord, ItemError, errors_table
 from wsss_ray.data.images import load_rgb
@@ -77,6 +76,11 @@ class ChunkActor:
     """
 
     def __init__(self, processor_factory: Callable, errors_dir: str, stage: str):
+        # torch is imported here, not at module level: the decode tasks import this module
+        # too, and torch's import (~1.7 s of CPU) in each of a dozen cold task workers
+        # delayed the first extraction of a job by ~40 s on 2 cores
+        import torch
+        self.no_grad = torch.no_grad
         self.processor = processor_factory()
         self.errors_dir = errors_dir
         self.stage = stage
@@ -89,7 +93,7 @@ class ChunkActor:
             rows = json.loads(rows_json)
             images = unpack_images(packed)
             errors = [ErrorRecord(self.stage, e["item"], e["reason"]) for e in json.loads(errors_json)]
-            with torch.no_grad():
+            with self.no_grad():
                 produced = self.processor.process(int(chunk_id), rows, images)
             errors += [ErrorRecord(self.stage, item, reason) for item, reason in produced]
             fs, path = open_fs(self.errors_dir)
@@ -109,7 +113,9 @@ def run_chunked(chunks: list[dict], processor_factory: Callable, errors_dir: str
     if not chunks:
         return []
     ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
-    ds = ds.map_batches(decode_chunk, batch_size=1, num_cpus=0.25,
+    # decoding a chunk takes a fraction of the time an actor spends on it, so two tasks per
+    # actor keep the pool fed; more only start more cold worker processes at once
+    ds = ds.map_batches(decode_chunk, batch_size=1, num_cpus=0.25, concurrency=2 * num_actors,
                         fn_kwargs={"max_side": max_side, "strict": strict})
     ds = ds.map_batches(ChunkActor, batch_size=1, num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
                         compute=ray.data.ActorPoolStrategy(size=num_actors),
