@@ -41,7 +41,8 @@ def describe(conf: np.ndarray, names: list[str]) -> dict:
 
 
 def method_confusions(run: RunDir, method: str, pair_ids: list[int], names: list[str]) -> dict:
-    best = json.loads(open(run.uri("eval", f"{method}.json")).read())["best"]
+    with open(run.uri("eval", f"{method}.json")) as f:
+        best = json.load(f)["best"]
     threshold = best["threshold"]
     everything, _, _ = accumulate_confusions(run, method, [threshold])
     pairs, count, _ = accumulate_confusions(run, method, [threshold], image_ids=pair_ids)

@@ -71,9 +71,12 @@ def evaluate_weights(runner: ModelRunner, variants: dict, run: RunDir, cam: CamC
         for batch, images in same_size_batches(rows, cam):
             height, width = images[0].shape[:2]
             out_size = strided_size(height, width, cam.store_stride)
-            x = runner.tensor(images)
-            for name, weight in variants.items():
-                cams = multiscale_cam(runner.model.features, weight, x, out_size, tuple(cam.scales), cam.flip)
+            # every step of the CAM is per class map, so one backbone pass with the variants'
+            # weights stacked gives each variant's maps (split below), not one pass each
+            stacked = torch.cat(list(variants.values()))
+            all_cams = multiscale_cam(runner.model.features, stacked, runner.tensor(images), out_size,
+                                      tuple(cam.scales), cam.flip)
+            for name, cams in zip(variants, all_cams.split(stacked.shape[0] // len(variants), dim=1)):
                 for row, maps in zip(batch, select_and_normalise(cams, [r["labels"] for r in batch])):
                     full = full_resolution(maps.numpy(), height, width)
                     gt = gt_at(load_mask(row["mask_uri"]), height, width)
@@ -89,7 +92,6 @@ def evaluate_weights(runner: ModelRunner, variants: dict, run: RunDir, cam: CamC
 
 
 def main(checkpoint: str, run_dir: str = "", name: str = "recam_weight_signs") -> None:
-    torch.manual_seed(0)
     runner = ModelRunner(checkpoint, use_gpu=False)
     w = runner.model.head.weight.detach().flatten(1)
     w2 = runner.model.fc2.weight.detach().flatten(1)
@@ -98,7 +100,8 @@ def main(checkpoint: str, run_dir: str = "", name: str = "recam_weight_signs") -
     if run_dir:
         record["run_dir"] = run_dir
         run = RunDir(run_dir)
-        config = json.loads(open(run.uri("config.json")).read())
+        with open(run.uri("config.json")) as f:
+            config = json.load(f)
         record["best"] = evaluate_weights(runner, weight_variants(w, w2), run, CamConfig(**{
             **config["cam"], "scales": tuple(config["cam"]["scales"])}), list(config["eval"]["thresholds"]))
         for variant, best in record["best"].items():
