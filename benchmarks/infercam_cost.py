@@ -29,11 +29,15 @@ VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
             "infercam_both_one_canvas": {"split": True, "iterate": True, "bucket_px": 0},
             # the authors' code: one erase mask per patch over all the image's classes, no split for 3+
             "infercam_iterate_code": {"split": False, "iterate": True, "erase": "union"},
-            "infercam_both_code": {"split": True, "iterate": True, "erase": "union", "three_plus": "none"}}
+            "infercam_both_code": {"split": True, "iterate": True, "erase": "union", "three_plus": "none"},
+            # a cost lever that is not the paper's: the erased rounds at scale 1.0 only (+ flip)
+            "infercam_iterate_erase_s1": {"split": False, "iterate": True, "erase_scales": (1.0,)},
+            "infercam_both_erase_s1": {"split": True, "iterate": True, "erase_scales": (1.0,)}}
 # the job's path: the split's centres come from the CAM pass's stored (8-bit) maps, so the
 # baseline inference is not repeated; these variants time InferCam on top of an existing CAM pass
 FROM_CAM_MAPS = {"infercam_split_from_cam_maps": "infercam_split", "infercam_both_from_cam_maps": "infercam_both",
-                 "infercam_both_code_from_cam_maps": "infercam_both_code"}
+                 "infercam_both_code_from_cam_maps": "infercam_both_code",
+                 "infercam_both_erase_s1_from_cam_maps": "infercam_both_erase_s1"}
 
 
 def parse_args():

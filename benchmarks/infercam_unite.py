@@ -13,6 +13,10 @@ and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
 ``--from-cam-maps`` repeats every split variant (``<name>_cm``) with its centres read from the
 run's stored 8-bit CAM maps, as the main job does, to show what that precision costs.
 
+``--erase-scales 1.0`` adds iterate-only and both switches with the erased rounds (2..5) inferred
+at those scales only (``erase_scales``, a cost lever that is not the paper's), the first round
+at the run's scales as usual.
+
 ``--authors-code`` adds the procedure of the authors' code, which the paper's own wording does
 not pin down: one erase mask per patch over all the image's classes (``erase="union"``) and no
 split for three or more classes (``three_plus="none"``), iterate-only and with both switches,
@@ -41,6 +45,8 @@ def parse_args():
     p.add_argument("--with-iterate", action="store_true", help="also both switches on, both ways")
     p.add_argument("--authors-code", action="store_true", help="also the authors' code's erasing and splits")
     p.add_argument("--from-cam-maps", action="store_true", help="also each split variant with stored-map centres")
+    p.add_argument("--erase-scales", default="", metavar="S[/S...]",
+                   help="also iterate only and both switches with the erased rounds at these scales")
     p.add_argument("--tag", default="", help="results file infercam_unite_<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
@@ -58,6 +64,10 @@ def run_all(args) -> dict:
                          "infercam_iter_code": {"split": False, "iterate": True, "erase": "union"},
                          "infercam_both_code": {"split": True, "iterate": True, "erase": "union",
                                                 "three_plus": "none"}})
+    if args.erase_scales:
+        scales = tuple(float(v) for v in args.erase_scales.split("/"))
+        variants.update({"infercam_iter_es": {"split": False, "iterate": True, "erase_scales": scales},
+                         "infercam_both_es": {"split": True, "iterate": True, "erase_scales": scales}})
     baselines = {}
     if args.from_cam_maps:
         for name, v in list(variants.items()):

@@ -5,11 +5,11 @@ The element-wise product is positive where w and w' agree in sign, so a channel 
 w < 0 and w' < 0 (evidence *against* class k under both heads) adds to class k's map
 exactly like one with w > 0 and w' > 0. This script reports, per class, the share of the
 product's positive mass that comes from (-, -) channels and the cosine between w and w',
-and, given a run directory with GT masks, evaluates the maps of four weights in this
+and, given a run directory with GT masks, evaluates the maps of six weights in this
 process (the extraction stage's multi-scale CAM, the evaluation stage's confusion
-matrices, at the run's scales, flip and 4-pixel map grid): w, w*w', and two sign-aware
-products that are not the authors' formula, relu(w)*relu(w') and w*w' kept only where
-w > 0.
+matrices, at the run's scales, flip and 4-pixel map grid): the pipeline's four, w, w',
+w+w' and w*w', and two sign-aware products that are not the authors' formula,
+relu(w)*relu(w') and w*w' kept only where w > 0.
 
     PYTHONPATH=. .venv/bin/python benchmarks/recam_weight_signs.py CHECKPOINT_DIR [RUN_DIR] [NAME]
 
@@ -36,8 +36,8 @@ from wsss_ray.stages.extract import ModelRunner
 
 
 def weight_variants(w: torch.Tensor, w2: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"w": w, "w*w'": w * w2, "relu(w)*relu(w')": w.clamp(min=0) * w2.clamp(min=0),
-            "w*w' where w>0": w * w2 * (w > 0)}
+    return {"w": w, "w'": w2, "w+w'": w + w2, "w*w'": w * w2,
+            "relu(w)*relu(w')": w.clamp(min=0) * w2.clamp(min=0), "w*w' where w>0": w * w2 * (w > 0)}
 
 
 def sign_shares(w: torch.Tensor, w2: torch.Tensor) -> dict:

@@ -164,6 +164,34 @@ def test_stop_rule(max_rounds, stop_fraction, expected):
     assert found[19, 0:2].all() == (expected >= 3)
 
 
+def test_erase_scales_apply_to_erased_rounds_only():
+    image = stepped_image()
+    sizes = []
+
+    def spy(x):
+        sizes.append(tuple(x.shape[-2:]))
+        return channel0(x)
+    cfg = InferCamConfig(split=False, max_rounds=3, stop_fraction=0.0, erase_scales=(1.0,))
+    iterate_copies(spy, torch.ones(1, 1), image, image.mean((2, 3)), [Copy(0, 0, 0, (0, 20, 0, 20))],
+                   (1.0, 0.5), False, cfg)
+    assert sizes == [(20, 20), (10, 10), (20, 20), (20, 20)]   # round 0 at both scales, then 1.0 only
+
+
+def test_erase_scales_equal_to_the_scales_change_nothing():
+    features, weight = random_backbone(4)
+    images = torch.randn(2, 3, 32, 40)
+    classes = [[1], [0, 2]]
+    default = InferCamConfig(stop_fraction=0.0, max_rounds=3)
+    same = InferCamConfig(stop_fraction=0.0, max_rounds=3, erase_scales=[1.0, 0.5])   # a list, as JSON gives
+    assert same.erase_scales == (1.0, 0.5)
+    a = infercam_maps(features, weight, images, classes, (8, 10), (1.0, 0.5), True, default)
+    b = infercam_maps(features, weight, images, classes, (8, 10), (1.0, 0.5), True, same)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="erase_scales must be positive"):
+        InferCamConfig(erase_scales=(1.0, 0.0))
+
+
 def test_iterate_false_runs_one_round_per_patch():
     image = stepped_image()
     cfg = InferCamConfig(iterate=False, stop_fraction=0.0)
@@ -405,9 +433,12 @@ def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
     assert parse_infercam("erase=union, three_plus=none,max_rounds=3,stop_fraction=0.05,iterate=false") == \
         {"erase": "union", "three_plus": "none", "max_rounds": 3, "stop_fraction": 0.05, "iterate": False}
     assert parse_infercam("") == {}
+    assert parse_infercam("erase_scales=1.0/0.5") == {"erase_scales": (1.0, 0.5)}
     for bad, says in [("erase=both", "erase must be"), ("rounds=3", "'rounds=3' is not KEY=VALUE"),
                       ("max_rounds=x", "max_rounds=.x. is not a valid int"),
-                      ("split=maybe", "split=.maybe. is not a valid bool"), ("unite", "'unite' is not KEY=VALUE")]:
+                      ("split=maybe", "split=.maybe. is not a valid bool"),
+                      ("erase_scales=1/x", "erase_scales=.1/x. is not a valid tuple"),
+                      ("erase_scales=0", "erase_scales must be positive"), ("unite", "'unite' is not KEY=VALUE")]:
         with pytest.raises(SystemExit, match=says):
             parse_infercam(bad)
     parser = argparse.ArgumentParser()

@@ -32,7 +32,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
                    help="--segment's pseudo masks (default: crf on the demo worlds, irn on real data)")
     p.add_argument("--infercam", default="", metavar="KEY=VALUE,...",
                    help="InferCamConfig options for --methods infercam, e.g. erase=union,three_plus=none "
-                        "(the authors' code) or unite=scaled,max_rounds=3")
+                        "(the authors' code), unite=scaled,max_rounds=3 or erase_scales=1.0 (erased rounds at one scale)")
 
 
 def parse_bool(value: str) -> bool:
@@ -40,6 +40,11 @@ def parse_bool(value: str) -> bool:
     if value.lower() not in words:
         raise ValueError(value)
     return words[value.lower()]
+
+
+def parse_scales(value: str) -> tuple:
+    """``"1.0/0.5"`` -> (1.0, 0.5): slash-separated, since commas separate the options."""
+    return tuple(float(v) for v in value.split("/") if v)
 
 
 def parse_infercam(text: str) -> dict:
@@ -54,7 +59,7 @@ def parse_infercam(text: str) -> dict:
             raise SystemExit(f"--infercam: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
         kind = kinds[key]
         try:
-            out[key] = {"bool": parse_bool, "int": int, "float": float}.get(kind, str)(value)
+            out[key] = {"bool": parse_bool, "int": int, "float": float, "tuple": parse_scales}.get(kind, str)(value)
         except ValueError:
             raise SystemExit(f"--infercam: {key}={value!r} is not a valid {kind}") from None
     try:

@@ -45,6 +45,10 @@ calls. InferCam = baseline 8 + round 0 on 4 shared patches 32 + up to 4 more rou
 (patch, class) copies, 64 each: at most 296 inputs (37x CAM's count) in at most 24 calls; the
 patches (about 78x76 px with centres near the middle) make that about 18x CAM's pixels at most.
 With ``baselines`` (the main job passes the CAM pass's stored maps) the baseline's 8 inputs go.
+``erase_scales=(1.0,)`` (not the paper's) infers the erased rounds at one scale: 2 inputs per
+copy a round instead of 8, and about 1/7.5 of their pixels (scales 1, 0.5, 1.5, 2 sum to 7.5x
+the scale-1 pixels); the first round keeps every scale, so the centre of the method, the
+un-erased class-conditional map, is unchanged.
 """
 from __future__ import annotations
 
@@ -77,6 +81,8 @@ class InferCamConfig:
                                   # "scaled": times the patch's raw first-round peak (normalised once, after)
     erase: str = "per_class"      # "per_class" (paper: class-conditional, one mask per class);
                                   # "union" (authors' code): one mask per patch, over all the image's classes
+    erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
+                                  # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):
@@ -87,6 +93,9 @@ class InferCamConfig:
             raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
         if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
             raise ValueError("max_rounds and max_batch must be >= 1, bucket_px >= 0")
+        object.__setattr__(self, "erase_scales", tuple(float(s) for s in self.erase_scales))  # JSON gives lists
+        if any(s <= 0 for s in self.erase_scales):
+            raise ValueError(f"erase_scales must be positive, got {self.erase_scales}")
 
 
 class Iterated(NamedTuple):
@@ -309,10 +318,12 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
     patch = patch_index(copies, device)
     active = torch.arange(len(copies), device=device)
     for r in range(cfg.max_rounds if cfg.iterate else 1):
+        # each round's map is max-normalised, so the erased rounds may sum fewer scales
+        round_scales = scales if r == 0 or not cfg.erase_scales else cfg.erase_scales
         for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
             hidden = None if r == 0 else erased[group, :h, :w]
             maps, peak = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden,
-                                    scales, flip, cfg)
+                                    round_scales, flip, cfg)
             acc[group, :h, :w] = torch.maximum(acc[group, :h, :w], maps)
             if r == 0:
                 peaks[group] = peak

@@ -115,7 +115,8 @@ def run_chunked(chunks: list[dict], processor_factory: Callable, errors_dir: str
     ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
     # decoding a chunk takes a fraction of the time an actor spends on it, so two tasks per
     # actor keep the pool fed; more only start more cold worker processes at once
-    ds = ds.map_batches(decode_chunk, batch_size=1, num_cpus=0.25, concurrency=2 * num_actors,
+    ds = ds.map_batches(decode_chunk, batch_size=1, num_cpus=0.25,
+                        compute=ray.data.TaskPoolStrategy(size=2 * num_actors),   # `concurrency` is deprecated
                         fn_kwargs={"max_side": max_side, "strict": strict})
     ds = ds.map_batches(ChunkActor, batch_size=1, num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0,
                         compute=ray.data.ActorPoolStrategy(size=num_actors),
