@@ -3,6 +3,7 @@ maps with each weight variant w, w', w+w', w*w' -> evaluation and a comparison t
 
     python jobs/recam_voc.py --voc-root /data/VOCdevkit/VOC2012 --split train_aug --run-dir runs/recam_voc
     python jobs/recam_voc.py --run-dir runs/recam_demo            # the embedded demo world
+    python jobs/recam_voc.py --demo-backbone efficientnet_lite0 --run-dir runs/recam_demo_imagenet
 """
 import argparse
 import dataclasses
@@ -12,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
 
 from wsss_ray.config import DatasetConfig, ModelConfig, PRESETS, TrainConfig  # noqa: E402
-from wsss_ray.stages.pipeline import demo_config, run_pipeline  # noqa: E402
+from wsss_ray.stages.pipeline import DEMO_BACKBONES, demo_config, run_pipeline  # noqa: E402
 
 
 def voc_config(args):
@@ -34,11 +35,13 @@ if __name__ == "__main__":
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", default="imagenet", help="imagenet (torchvision cache) or a local .pth")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--demo-backbone", default="tiny", choices=list(DEMO_BACKBONES),
+                   help="demo world only: tiny from scratch, or the ImageNet EfficientNet-Lite0 ReCAM fine-tunes")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--gpu", action="store_true")
     args = p.parse_args()
     if args.voc_root:
         cfg = voc_config(args)
     else:
-        cfg = demo_config(args.run_dir, quick=args.quick, methods=("cam", "recam"))
+        cfg = demo_config(args.run_dir, quick=args.quick, methods=("cam", "recam"), backbone=args.demo_backbone)
     run_pipeline(cfg)

@@ -6,12 +6,15 @@ import argparse
 import dataclasses
 import sys
 
-from wsss_ray.stages.pipeline import ALL_METHODS, PipelineConfig, coco_config, demo_config
+from wsss_ray.stages.pipeline import ALL_METHODS, DEMO_BACKBONES, PipelineConfig, coco_config, demo_config
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--run-dir", default="runs/demo", help="local path or URI (file://, s3://, gs://)")
     p.add_argument("--quick", action="store_true", help="tiny demo world, fewer epochs (about two minutes)")
+    p.add_argument("--demo-backbone", default="tiny", choices=list(DEMO_BACKBONES),
+                   help="the demo world's classifier: tiny (from scratch, the default) or efficientnet_lite0 "
+                        "(ImageNet, frozen probe; ReCAM fine-tunes it; about 10x slower)")
     p.add_argument("--coco-root", default="", help="COCO 2014/2017 tree (train2017/ or train2014/, annotations/)")
     p.add_argument("--split", default="train", help="COCO split(s), e.g. train, val2014, train+val")
     p.add_argument("--class-subset", default="", choices=["", "voc20"], help="score COCO on the 20 VOC classes")
@@ -77,7 +80,7 @@ def config_from_args(args) -> PipelineConfig:
     if args.coco_root:
         cfg = coco_config(args.run_dir, args.coco_root, args.split, args.class_subset, args.limit, args.protocol, methods)
     else:
-        cfg = demo_config(args.run_dir, args.quick, methods)
+        cfg = demo_config(args.run_dir, args.quick, methods, getattr(args, "demo_backbone", "tiny"))
     train, recam, cam = cfg.train, cfg.recam_train, cfg.cam
     if args.epochs:
         train = dataclasses.replace(train, epochs=args.epochs)
