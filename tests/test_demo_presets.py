@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from wsss_ray.cli import add_pipeline_args, config_from_args
-from wsss_ray.stages.pipeline import demo_config, recam_model
+from wsss_ray.config import recam_model
+from wsss_ray.stages.pipeline import demo_config
 
 
 def parse(argv):
@@ -20,7 +21,7 @@ def parse(argv):
 def test_default_demo_is_the_tiny_backbone_and_recam_trains_what_cam_trained():
     cfg = parse(["--methods", "cam,recam"])
     assert (cfg.model.backbone, cfg.model.weights, cfg.model.freeze_backbone) == ("tiny", "none", False)
-    assert not cfg.recam_unfreeze and recam_model(cfg) == cfg.model
+    assert not cfg.recam_unfreeze and recam_model(cfg.model, cfg.recam_unfreeze) == cfg.model
     assert cfg.cam.scales == (1.0, 0.5, 1.5, 2.0)
 
 
@@ -29,16 +30,28 @@ def test_imagenet_demo_probes_a_frozen_backbone_and_recam_fine_tunes_it():
     assert (cfg.model.backbone, cfg.model.weights, cfg.model.freeze_backbone) == ("efficientnet_lite0", "imagenet", True)
     # the CAM stage is the reference protocol's linear probe on cached 224 px features
     assert (cfg.train.crop_size, cfg.train.resize_long, cfg.train.lr_backbone) == (0, (224, 224), 0.0)
-    assert recam_model(cfg).freeze_backbone is False and recam_model(cfg).backbone == "efficientnet_lite0"
+    assert recam_model(cfg.model, cfg.recam_unfreeze).freeze_backbone is False and recam_model(cfg.model, cfg.recam_unfreeze).backbone == "efficientnet_lite0"
     assert (cfg.recam_train.crop_size, cfg.recam_train.recam_lambda, cfg.recam_train.lr_fc2) == (224, 1.0, 5e-4)
     assert cfg.cam.scales == (2.0, 1.0, 3.0, 4.0)       # (1, 0.5, 1.5, 2) around 224 px on the 112 px scenes
 
 
 def test_recam_unfreeze_never_freezes_a_trained_backbone():
     cfg = dataclasses.replace(demo_config("unused"), recam_unfreeze=True)
-    assert recam_model(cfg).freeze_backbone is False
+    assert recam_model(cfg.model, cfg.recam_unfreeze).freeze_backbone is False
     frozen = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_backbone=True), recam_unfreeze=False)
-    assert recam_model(frozen).freeze_backbone is True
+    assert recam_model(frozen.model, frozen.recam_unfreeze).freeze_backbone is True
+
+
+def test_sweeps_read_recam_unfreeze_from_the_run_config(tmp_path):
+    from wsss_ray.config import to_dict
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.sweep import run_config          # a sweep's ReCAM trials train what the job trained
+    for backbone, unfreeze in (("efficientnet_lite0", True), ("tiny", False)):
+        run = RunDir(str(tmp_path / backbone))
+        run.write_json(run.uri("config.json"), to_dict(demo_config(str(tmp_path / backbone), backbone=backbone)))
+        cfg = run_config(run)
+        assert cfg["recam_unfreeze"] is unfreeze and cfg["model"].backbone == backbone
+        assert recam_model(cfg["model"], cfg["recam_unfreeze"]).freeze_backbone is False
 
 
 def test_unknown_demo_backbone_is_refused():
@@ -46,3 +59,17 @@ def test_unknown_demo_backbone_is_refused():
         demo_config("unused", backbone="resnet9")
     with pytest.raises(SystemExit):
         parse(["--demo-backbone", "resnet9"])
+
+
+def test_recam_job_runs_the_demo_world_on_the_imagenet_backbone_by_default():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "jobs" / "recam_voc.py"
+    spec = importlib.util.spec_from_file_location("recam_voc", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg = job.build_config(job.parse_args(["--run-dir", "unused"]))
+    assert cfg.methods == ("cam", "recam") and cfg.model.backbone == "efficientnet_lite0" and cfg.recam_unfreeze
+    assert job.build_config(job.parse_args(["--demo-backbone", "tiny"])).model.backbone == "tiny"
+    voc = job.build_config(job.parse_args(["--voc-root", "/data/VOC2012"]))
+    assert (voc.dataset.kind, voc.model.backbone, voc.recam_train.recam_lambda) == ("voc", "resnet50", 1.0)

@@ -73,6 +73,12 @@ class TrainConfig:
     lr_fc2: float = 5e-4
 
 
+def recam_model(model: ModelConfig, unfreeze: bool) -> ModelConfig:
+    """The model config ReCAM trains: the CAM stage's, with its backbone unfrozen when asked
+    (a frozen-probe CAM stage whose ReCAM fine-tunes the backbone, as the paper's does)."""
+    return dataclasses.replace(model, freeze_backbone=model.freeze_backbone and not unfreeze)
+
+
 @dataclass(frozen=True)
 class CamConfig:
     scales: tuple = (1.0, 0.5, 1.5, 2.0)

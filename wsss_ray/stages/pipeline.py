@@ -8,7 +8,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from wsss_ray.config import CamConfig, DatasetConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, to_dict
+from wsss_ray.config import (CamConfig, DatasetConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, recam_model,
+                             to_dict)
 from wsss_ray.rundir import RunDir
 
 ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam")
@@ -95,11 +96,6 @@ def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str
                           lpcam=lpcam, eval=grid, methods=tuple(methods))
 
 
-def recam_model(cfg: PipelineConfig) -> ModelConfig:
-    """The model config ReCAM trains: the CAM stage's, with the backbone unfrozen on request."""
-    return dataclasses.replace(cfg.model, freeze_backbone=cfg.model.freeze_backbone and not cfg.recam_unfreeze)
-
-
 def log(msg: str) -> None:
     print(f"[wsss_ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -144,7 +140,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if "feature_sampling_seconds" in cam_out:
         timings["lpcam_features_in_cam_pass"] = cam_out["feature_sampling_seconds"]
     if "recam" in cfg.methods:
-        timed("train_recam", train_classifier, run, "recam", recam_model(cfg), cfg.recam_train, init_from=ckpt)
+        timed("train_recam", train_classifier, run, "recam", recam_model(cfg.model, cfg.recam_unfreeze),
+              cfg.recam_train, init_from=ckpt)
         for name, variant in RECAM_VARIANTS.items():
             extract_and_eval(name, "cam", run.uri("checkpoints", "recam"), {"variant": variant})
         results["recam"] = dict(results["recam_wprod"], method="recam")

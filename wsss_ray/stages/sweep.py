@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, strided_size, with_flips
 from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, lpcam_terms, split_positions
 from wsss_ray.clustering import spherical_kmeans
-from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from wsss_ray.config import (CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, recam_model,
+                             to_dict)
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
@@ -78,7 +79,8 @@ def run_config(run: RunDir) -> dict:
     dataset = raw["dataset"]["kind"] + (f":{subset}" if subset else "")      # as the pipeline names it
     return {"cam": from_dict(CamConfig, raw["cam"]), "lpcam": from_dict(LPCAMConfig, raw["lpcam"]),
             "eval": from_dict(EvalConfig, raw["eval"]), "model": from_dict(ModelConfig, raw["model"]),
-            "recam_train": from_dict(TrainConfig, raw["recam_train"]), "dataset": dataset}
+            "recam_train": from_dict(TrainConfig, raw["recam_train"]), "dataset": dataset,
+            "recam_unfreeze": bool(raw.get("recam_unfreeze", False))}
 
 
 def evaluable_images(run: RunDir) -> tuple[list[int], list[list[int]], dict[int, str]]:
@@ -650,7 +652,8 @@ def recam_trial(config: dict, ctx: dict) -> None:
     train = dataclasses.replace(cfg["recam_train"], recam_lambda=float(config["recam_lambda"]),
                                 lr_fc2=float(config["lr_fc2"]), **ctx["train_overrides"])
     start = time.perf_counter()
-    info = train_classifier(run, name, cfg["model"], train, init_from=run.uri("checkpoints", "cam"))
+    info = train_classifier(run, name, recam_model(cfg["model"], cfg["recam_unfreeze"]), train,
+                            init_from=run.uri("checkpoints", "cam"))
     train_s = time.perf_counter() - start
     extract_maps(run, name, "cam", run.uri("checkpoints", name), cfg["cam"], {"variant": "w*w'"})
     acc = local_fair_confusions(run, name, list(cfg["eval"].thresholds), set(ctx["selection"]))
