@@ -11,8 +11,8 @@ FC2 lr 5e-4, backbone and FC1 lr 5e-5, lambda LAMBDA (default 1.0, the demo and 
 preset; 0 is the control: the same fine-tuning with BCE only), the backbone frozen as in
 the CAM stage when FREEZE is 1 (the default) and fine-tuned when it is 0, as the job does.
 SEED (default 0, the job's) seeds the ReCAM stage only (batch order, crops, FC2's
-initialisation), to see how much of a margin over CAM one ReCAM training run is. CAM is extracted and evaluated
-by the main job's stages (``eval/cam.json``); the four ReCAM weights (and two sign-aware
+initialisation), to see how much of a margin over CAM one ReCAM training run is. CAM is
+extracted and evaluated by the main job's stages (``eval/cam.json``); the four ReCAM weights (and two sign-aware
 products) are evaluated in one backbone pass by ``recam_weight_signs.py``'s function, at
 the same scales: (2, 1, 3, 4) on the 112 px images, i.e. the usual (1, 0.5, 1.5, 2) around
 the 224 px training size.
@@ -31,6 +31,7 @@ import torch
 
 from _common import write_results
 from recam_weight_signs import evaluate_weights, sign_shares, weight_variants
+from wsss_ray.config import recam_model
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.extract import ModelRunner
 from wsss_ray.stages.pipeline import demo_config, run_pipeline
@@ -47,8 +48,7 @@ def main(run_dir: str, recam_lambda: str = "1.0", freeze: str = "1", seed: str =
     run_pipeline(cfg)                                 # manifest, CAM classifier, CAM maps, eval/cam.json
     run = RunDir(run_dir)
     name = f"recam_l{recam_lambda}" + ("" if freeze != "0" else "_ft") + ("" if seed == "0" else f"_s{seed}")
-    model = dataclasses.replace(cfg.model, freeze_backbone=freeze != "0")
-    train_classifier(run, name, model, cfg.recam_train, init_from=run.uri("checkpoints", "cam"))
+    train_classifier(run, name, recam_model(cfg.model, unfreeze=freeze == "0"), cfg.recam_train, init_from=run.uri("checkpoints", "cam"))
     runner = ModelRunner(run.uri("checkpoints", name), use_gpu=False)
     w = runner.model.head.weight.detach().flatten(1)
     w2 = runner.model.fc2.weight.detach().flatten(1)

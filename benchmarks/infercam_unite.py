@@ -28,6 +28,7 @@ import argparse
 import time
 
 from _common import measured, show
+from wsss_ray.cli import parse_scales
 from wsss_ray.config import EvalConfig
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import evaluate_maps
@@ -65,7 +66,7 @@ def run_all(args) -> dict:
                          "infercam_both_code": {"split": True, "iterate": True, "erase": "union",
                                                 "three_plus": "none"}})
     if args.erase_scales:
-        scales = tuple(float(v) for v in args.erase_scales.split("/"))
+        scales = parse_scales(args.erase_scales)
         variants.update({"infercam_iter_es": {"split": False, "iterate": True, "erase_scales": scales},
                          "infercam_both_es": {"split": True, "iterate": True, "erase_scales": scales}})
     baselines = {}
