@@ -21,6 +21,12 @@ at the run's scales as usual.
 not pin down: one erase mask per patch over all the image's classes (``erase="union"``) and no
 split for three or more classes (``three_plus="none"``), iterate-only and with both switches,
 next to the paper's per-class procedure with the same switches.
+
+``--variant NAME:KEY=VALUE,...`` (repeatable) adds ``maps/infercam_NAME`` with any
+InferCamConfig options, written as for the job's ``--infercam``, e.g.
+``--variant split_b40:iterate=false,buffer_one=40,buffer_two=80``. ``--by-classes`` also scores
+every map on the images with one, two and three or more GT classes separately (each subset's own
+best threshold), to see which images a split or an erasing rule helps or hurts.
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ import argparse
 import time
 
 from _common import measured, show
-from wsss_ray.cli import parse_scales
+from wsss_ray.cli import parse_infercam, parse_scales
 from wsss_ray.config import EvalConfig
+from wsss_ray.data.manifest import read_manifest
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import evaluate_maps
 from wsss_ray.stages.extract import extract_maps
@@ -48,6 +55,9 @@ def parse_args():
     p.add_argument("--from-cam-maps", action="store_true", help="also each split variant with stored-map centres")
     p.add_argument("--erase-scales", default="", metavar="S[/S...]",
                    help="also iterate only and both switches with the erased rounds at these scales")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="also maps/infercam_NAME with these InferCamConfig options (split and iterate default on)")
+    p.add_argument("--by-classes", action="store_true", help="also score images with 1, 2 and 3+ classes apart")
     p.add_argument("--tag", default="", help="results file infercam_unite_<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
@@ -69,12 +79,14 @@ def run_all(args) -> dict:
         scales = parse_scales(args.erase_scales)
         variants.update({"infercam_iter_es": {"split": False, "iterate": True, "erase_scales": scales},
                          "infercam_both_es": {"split": True, "iterate": True, "erase_scales": scales}})
+    variants.update(extra_variants(args.variant))
     baselines = {}
     if args.from_cam_maps:
         for name, v in list(variants.items()):
             if v["split"]:
                 variants[f"{name}_cm"], baselines[f"{name}_cm"] = v, "cam"
     ensure_ray()
+    subsets = images_by_class_count(run) if args.by_classes else {}
     out = {}
     for name in ["cam", *variants]:
         start = time.perf_counter()
@@ -88,7 +100,37 @@ def run_all(args) -> dict:
                      **{k: best[k] for k in ("threshold", "miou", "precision", "recall", "fp", "fn")}}
         show(f"{name}: best thr, mIoU, precision, recall",
              f"{best['threshold']:.2f}, {best['miou']:.4f}, {best['precision']:.4f}, {best['recall']:.4f}")
+        if subsets:
+            out[name]["by_classes"] = {key: best_of(run, name, config["dataset"], ids) for key, ids in subsets.items()}
+            show(f"{name}: mIoU on 1 / 2 / 3+ class images",
+                 " / ".join(f"{out[name]['by_classes'][k]['miou']:.4f}" for k in subsets))
     return {"run_dir": args.run_dir, "results": out}
+
+
+def extra_variants(specs) -> dict:
+    """``["split_b40:iterate=false,buffer_one=40"]`` -> {"infercam_split_b40": {...}}, checked."""
+    out = {}
+    for spec in specs:
+        name, sep, options = spec.partition(":")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--variant: {spec!r} is not NAME:KEY=VALUE,...")
+        out[f"infercam_{name}"] = {"split": True, "iterate": True, **parse_infercam(options)}
+    return out
+
+
+def images_by_class_count(run: RunDir) -> dict:
+    """Image ids with one, two and three or more GT classes (images with a mask only)."""
+    table, _ = read_manifest(run.manifest())
+    groups = {"1": [], "2": [], "3+": []}
+    for image_id, labels, mask in zip(*(table.column(k).to_pylist() for k in ("image_id", "labels", "mask_uri"))):
+        if mask is not None and labels:
+            groups["3+" if len(labels) >= 3 else str(len(labels))].append(image_id)
+    return groups
+
+
+def best_of(run: RunDir, name: str, dataset: str, image_ids) -> dict:
+    result = evaluate_maps(run, name, dataset, EvalConfig(), image_ids=image_ids, write=False)
+    return {"images": result["num_images"], **{k: result["best"][k] for k in ("threshold", "miou", "precision", "recall")}}
 
 
 def main() -> None:
