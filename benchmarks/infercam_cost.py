@@ -32,12 +32,27 @@ VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
             "infercam_both_code": {"split": True, "iterate": True, "erase": "union", "three_plus": "none"},
             # a cost lever that is not the paper's: the erased rounds at scale 1.0 only (+ flip)
             "infercam_iterate_erase_s1": {"split": False, "iterate": True, "erase_scales": (1.0,)},
-            "infercam_both_erase_s1": {"split": True, "iterate": True, "erase_scales": (1.0,)}}
+            "infercam_both_erase_s1": {"split": True, "iterate": True, "erase_scales": (1.0,)},
+            # further levers (session 9): no flip in the erased rounds as well, or at most 3 inferences
+            "infercam_iterate_erase_s1_noflip": {"split": False, "iterate": True, "erase_scales": (1.0,),
+                                                 "erase_flip": False},
+            "infercam_both_erase_s1_noflip": {"split": True, "iterate": True, "erase_scales": (1.0,),
+                                              "erase_flip": False},
+            "infercam_both_rounds3": {"split": True, "iterate": True, "max_rounds": 3},
+            # wider buffers (112 px: a quarter of coco's 448 px side; on the demo's 112 px images every
+            # patch would be the whole image, so time these with --skip-demo)
+            "infercam_split_b112": {"split": True, "iterate": False, "buffer_one": 112, "buffer_two": 112},
+            "infercam_both_b112_erase_s1": {"split": True, "iterate": True, "buffer_one": 112, "buffer_two": 112,
+                                            "erase_scales": (1.0,)}}
 # the job's path: the split's centres come from the CAM pass's stored (8-bit) maps, so the
 # baseline inference is not repeated; these variants time InferCam on top of an existing CAM pass
 FROM_CAM_MAPS = {"infercam_split_from_cam_maps": "infercam_split", "infercam_both_from_cam_maps": "infercam_both",
                  "infercam_both_code_from_cam_maps": "infercam_both_code",
-                 "infercam_both_erase_s1_from_cam_maps": "infercam_both_erase_s1"}
+                 "infercam_both_erase_s1_from_cam_maps": "infercam_both_erase_s1",
+                 "infercam_both_erase_s1_noflip_from_cam_maps": "infercam_both_erase_s1_noflip",
+                 "infercam_both_rounds3_from_cam_maps": "infercam_both_rounds3",
+                 "infercam_split_b112_from_cam_maps": "infercam_split_b112",
+                 "infercam_both_b112_erase_s1_from_cam_maps": "infercam_both_b112_erase_s1"}
 
 
 def parse_args():
@@ -48,8 +63,12 @@ def parse_args():
     p.add_argument("--max-side", type=int, default=448)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="passes per variant, fastest kept")
+    p.add_argument("--variants", default="", metavar="NAME,...",
+                   help="time only these variants (and CAM); default all")
+    p.add_argument("--tag", default="", help="results file infercam_cost_<tag>.json (a subset run keeps the full table's)")
     p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
     p.add_argument("--skip-coco", action="store_true")
+    p.add_argument("--skip-demo", action="store_true")
     add_load_args(p)
     return p.parse_args()
 
@@ -103,7 +122,16 @@ def time_variant(model, counter: CountingFeatures, variant: str, batches: list) 
             "backbone_inputs_per_image": counter.inputs / images, "input_pixels_per_image": counter.pixels / images}
 
 
-def run_case(name: str, model, batches: list, repeats: int) -> dict:
+def chosen_variants(names: str) -> list:
+    every = [*VARIANTS, *FROM_CAM_MAPS]
+    wanted = [n for n in names.split(",") if n]
+    unknown = sorted(set(wanted) - set(every))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {every}")
+    return ["cam", *[n for n in every if n in wanted and n != "cam"]] if wanted else every
+
+
+def run_case(name: str, model, batches: list, repeats: int, variants: list) -> dict:
     """Every variant timed ``repeats`` times, round-robin (so a slow spell of this shared machine
     hits all variants alike); each keeps its fastest pass."""
     counter = CountingFeatures(model)
@@ -111,7 +139,7 @@ def run_case(name: str, model, batches: list, repeats: int) -> dict:
         map_fn(model, "cam")(*batches[0])            # warm-up: first-call allocations, lazy init
     out, passes = {}, {}
     for _ in range(repeats):
-        for v in [*VARIANTS, *FROM_CAM_MAPS]:
+        for v in variants:
             row = time_variant(model, counter, v, batches)
             passes.setdefault(v, []).append(row["seconds_per_image"])
             if v not in out or row["seconds_per_image"] < out[v]["seconds_per_image"]:
@@ -141,6 +169,8 @@ def coco_batches(args, cfg) -> list:
     rows, _ = coco_rows(os.path.join(args.work_dir, "coco_run"), COCO_TINY, "train", args.coco_images)
     batches = []
     for row in rows:
+        if not row["labels"]:      # no VOC-class object: InferCam has nothing to do, CAM still runs
+            continue
         image = load_rgb(row["uri"], max_side=args.max_side)
         batches.append((to_tensor([image], cfg), [row["labels"]], strided_size(*image.shape[:2], 4)))
     return batches
@@ -150,11 +180,15 @@ def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
     trained = checkpoint_ready(DEMO_CKPT)
     model, cfg = tiny_model(DEMO_CKPT if trained else "")
-    out = {"demo": run_case("demo (tiny @112)", model, demo_batches(args, cfg), args.repeats)}
-    out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
+    variants = chosen_variants(args.variants)
+    out = {}
+    if not args.skip_demo:
+        out["demo"] = run_case("demo (tiny @112)", model, demo_batches(args, cfg), args.repeats, variants)
+        out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
     if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
         model, cfg = effnet_model(COCO_CKPT)
-        out["coco_tiny"] = run_case(f"coco_tiny (efficientnet_lite0 @{args.max_side})", model, coco_batches(args, cfg), args.repeats)
+        name = f"coco_tiny (efficientnet_lite0 @{args.max_side})"
+        out["coco_tiny"] = run_case(name, model, coco_batches(args, cfg), args.repeats, variants)
         out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
@@ -163,7 +197,7 @@ def run_all(args) -> dict:
 
 def main() -> None:
     args = parse_args()
-    measured("infercam_cost", args, lambda: run_all(args))
+    measured("infercam_cost" + (f"_{args.tag}" if args.tag else ""), args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

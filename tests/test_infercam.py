@@ -177,6 +177,24 @@ def test_erase_scales_apply_to_erased_rounds_only():
     assert sizes == [(20, 20), (10, 10), (20, 20), (20, 20)]   # round 0 at both scales, then 1.0 only
 
 
+def test_erase_flip_false_drops_the_flipped_copy_of_erased_rounds_only():
+    image = stepped_image()
+    batches = []
+
+    def spy(x):
+        batches.append(x.shape[0])
+        return channel0(x)
+    cfg = InferCamConfig(split=False, max_rounds=3, stop_fraction=0.0, erase_flip=False)
+    acc, rounds, _ = iterate_copies(spy, torch.ones(1, 1), image, image.mean((2, 3)),
+                                    [Copy(0, 0, 0, (0, 20, 0, 20))], (1.0,), True, cfg)
+    assert batches == [2, 1, 1]              # round 0 with its flip, erased rounds without
+    assert rounds.tolist() == [3] and (acc[0] > 0.99)[0:2].all()
+    batches.clear()
+    iterate_copies(spy, torch.ones(1, 1), image, image.mean((2, 3)), [Copy(0, 0, 0, (0, 20, 0, 20))],
+                   (1.0,), True, InferCamConfig(split=False, max_rounds=3, stop_fraction=0.0))
+    assert batches == [2, 2, 2]              # the default flips every round
+
+
 def test_erase_scales_equal_to_the_scales_change_nothing():
     features, weight = random_backbone(4)
     images = torch.randn(2, 3, 32, 40)

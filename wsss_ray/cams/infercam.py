@@ -48,7 +48,8 @@ With ``baselines`` (the main job passes the CAM pass's stored maps) the baseline
 ``erase_scales=(1.0,)`` (not the paper's) infers the erased rounds at one scale: 2 inputs per
 copy a round instead of 8, and about 1/7.5 of their pixels (scales 1, 0.5, 1.5, 2 sum to 7.5x
 the scale-1 pixels); the first round keeps every scale, so the centre of the method, the
-un-erased class-conditional map, is unchanged.
+un-erased class-conditional map, is unchanged. ``erase_flip=False`` (not the paper's either)
+drops the flipped copy of the erased rounds, halving their inputs again.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class InferCamConfig:
                                   # "union" (authors' code): one mask per patch, over all the image's classes
     erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
                                   # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
+    erase_flip: bool = True       # flipped inputs in the erased rounds too (paper, code); False: a cost lever
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):
@@ -320,10 +322,11 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
     for r in range(cfg.max_rounds if cfg.iterate else 1):
         # each round's map is max-normalised, so the erased rounds may sum fewer scales
         round_scales = scales if r == 0 or not cfg.erase_scales else cfg.erase_scales
+        round_flip = flip and (r == 0 or cfg.erase_flip)
         for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
             hidden = None if r == 0 else erased[group, :h, :w]
             maps, peak = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden,
-                                    round_scales, flip, cfg)
+                                    round_scales, round_flip, cfg)
             acc[group, :h, :w] = torch.maximum(acc[group, :h, :w], maps)
             if r == 0:
                 peaks[group] = peak
