@@ -7,6 +7,9 @@ inputs and input pixels are counted through ``model.features`` to show where tim
 
 Target: InferCam <= 3x CAM per image. The ``*_from_cam_maps`` variants are the job's path for the
 split: centres from the CAM pass's stored maps, no second baseline inference.
+
+``--variants a,b`` times a subset (with CAM), ``--tag T`` writes ``infercam_cost_T.json`` so
+the full table's file stays, ``--skip-demo`` / ``--skip-coco`` time one case.
 """
 from __future__ import annotations
 

@@ -452,6 +452,7 @@ def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
         {"erase": "union", "three_plus": "none", "max_rounds": 3, "stop_fraction": 0.05, "iterate": False}
     assert parse_infercam("") == {}
     assert parse_infercam("erase_scales=1.0/0.5") == {"erase_scales": (1.0, 0.5)}
+    assert parse_infercam("erase_flip=false,buffer_one=112") == {"erase_flip": False, "buffer_one": 112}
     for bad, says in [("erase=both", "erase must be"), ("rounds=3", "'rounds=3' is not KEY=VALUE"),
                       ("max_rounds=x", "max_rounds=.x. is not a valid int"),
                       ("split=maybe", "split=.maybe. is not a valid bool"),
