@@ -34,8 +34,11 @@ def load_scores(paths) -> dict:
                 continue
             if "by_classes" not in row:
                 raise SystemExit(f"{path}: {name} has no by_classes scores (run infercam_unite.py --by-classes)")
+            counts = {k: v["images"] for k, v in row["by_classes"].items()}
+            if images and counts != images:
+                raise SystemExit(f"{path}: {name} is scored on {counts} images, others on {images}: not one run")
             scores[name] = {"all": row["miou"], **{k: v["miou"] for k, v in row["by_classes"].items()}}
-            images = {k: v["images"] for k, v in row["by_classes"].items()}
+            images = counts
     return {"scores": scores, "images": images}
 
 
