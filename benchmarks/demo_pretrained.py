@@ -48,7 +48,8 @@ def main(run_dir: str, recam_lambda: str = "1.0", freeze: str = "1", seed: str =
     run_pipeline(cfg)                                 # manifest, CAM classifier, CAM maps, eval/cam.json
     run = RunDir(run_dir)
     name = f"recam_l{recam_lambda}" + ("" if freeze != "0" else "_ft") + ("" if seed == "0" else f"_s{seed}")
-    train_classifier(run, name, recam_model(cfg.model, unfreeze=freeze == "0"), cfg.recam_train, init_from=run.uri("checkpoints", "cam"))
+    model = recam_model(cfg.model, unfreeze=freeze == "0")
+    train_classifier(run, name, model, cfg.recam_train, init_from=run.uri("checkpoints", "cam"))
     runner = ModelRunner(run.uri("checkpoints", name), use_gpu=False)
     w = runner.model.head.weight.detach().flatten(1)
     w2 = runner.model.fc2.weight.detach().flatten(1)

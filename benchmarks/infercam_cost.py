@@ -68,7 +68,8 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=3, help="passes per variant, fastest kept")
     p.add_argument("--variants", default="", metavar="NAME,...",
                    help="time only these variants (and CAM); default all")
-    p.add_argument("--tag", default="", help="results file infercam_cost_<tag>.json (a subset run keeps the full table's)")
+    p.add_argument("--tag", default="",
+                   help="results file infercam_cost_<tag>.json (a subset run keeps the full table's)")
     p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--skip-demo", action="store_true")

@@ -130,7 +130,8 @@ def images_by_class_count(run: RunDir) -> dict:
 
 def best_of(run: RunDir, name: str, dataset: str, image_ids) -> dict:
     result = evaluate_maps(run, name, dataset, EvalConfig(), image_ids=image_ids, write=False)
-    return {"images": result["num_images"], **{k: result["best"][k] for k in ("threshold", "miou", "precision", "recall")}}
+    best = result["best"]
+    return {"images": result["num_images"], **{k: best[k] for k in ("threshold", "miou", "precision", "recall")}}
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ def test_imagenet_demo_probes_a_frozen_backbone_and_recam_fine_tunes_it():
     assert (cfg.model.backbone, cfg.model.weights, cfg.model.freeze_backbone) == ("efficientnet_lite0", "imagenet", True)
     # the CAM stage is the reference protocol's linear probe on cached 224 px features
     assert (cfg.train.crop_size, cfg.train.resize_long, cfg.train.lr_backbone) == (0, (224, 224), 0.0)
-    assert recam_model(cfg.model, cfg.recam_unfreeze).freeze_backbone is False and recam_model(cfg.model, cfg.recam_unfreeze).backbone == "efficientnet_lite0"
+    recam = recam_model(cfg.model, cfg.recam_unfreeze)
+    assert recam.freeze_backbone is False and recam.backbone == "efficientnet_lite0"
     assert (cfg.recam_train.crop_size, cfg.recam_train.recam_lambda, cfg.recam_train.lr_fc2) == (224, 1.0, 5e-4)
     assert cfg.cam.scales == (2.0, 1.0, 3.0, 4.0)       # (1, 0.5, 1.5, 2) around 224 px on the 112 px scenes
 
