@@ -33,9 +33,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_kind() -> dict:
+    """CPU family, model and widest vector ISA: torch's CPU kernels differ between AVX2 and
+    AVX-512 machines, so trained weights (and every figure after them) differ too."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_family": fields.get("cpu family"), "cpu_model_number": fields.get("model"),
+            "avx512": any(f.startswith("avx512") for f in flags), "avx2": "avx2" in flags}
+
+
 def machine() -> dict:
     import torch
-    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+    return {"cpu_model": cpu_model(), **cpu_kind(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
             "python": platform.python_version(), "torch": torch.__version__}
 
 

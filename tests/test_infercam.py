@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from wsss_ray.cams.cam import multiscale_cam, select_and_normalise
 from wsss_ray.cams.infercam import (Copy, InferCamConfig, centre_of_mass, class_boxes, grid_to_image,
-                                    infercam_maps, iterate_copies, split_boxes)
+                                    infercam_maps, infercam_run, iterate_copies, split_boxes, split_buffers)
 from wsss_ray.cams.losses import activation_aware_saliency_loss
 
 
@@ -101,6 +101,24 @@ def test_split_three_plus_classes():
         InferCamConfig(three_plus="some")
 
 
+def test_buffer_side_scales_the_buffers_with_each_axis():
+    # 200 x 80 image, a quarter of each side: 50 px vertically, 20 px horizontally
+    cfg = InferCamConfig(buffer_side=0.25)
+    assert split_buffers(cfg, 200, 80) == ((50, 20), (50, 20))
+    one = class_boxes(1, [(100, 40)], 200, 80, cfg)[0]
+    assert one == [(0, 151, 0, 61), (0, 151, 20, 80), (50, 200, 0, 61), (50, 200, 20, 80)]
+    # two classes: the same fraction around the rectangle of both centres
+    two = class_boxes(2, [(60, 10), (120, 30)], 200, 80, cfg)[0]
+    assert two == [(0, 171, 0, 51), (0, 171, 0, 80), (10, 200, 0, 51), (10, 200, 0, 80)]
+    # 3+ classes split per class with the same buffers; 0 keeps the paper's px buffers
+    assert class_boxes(3, [(0, 0)] * 3, 200, 80, cfg)[2] == split_boxes([(0, 0)], 200, 80, (50, 20))
+    assert split_buffers(InferCamConfig(), 200, 80) == ((10, 10), (20, 20))
+    assert split_boxes([(50, 40)], 100, 80, (10, 10)) == split_boxes([(50, 40)], 100, 80, 10)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="buffer_side"):
+            InferCamConfig(buffer_side=bad)
+
+
 # ------------------------------------------------------------------ erasing, flips, stopping
 
 
@@ -162,6 +180,18 @@ def test_stop_rule(max_rounds, stop_fraction, expected):
     assert found[0:2].all()                                     # round 1 peak
     assert found[10:12].all() == (expected >= 2)               # revealed after hiding the first
     assert found[19, 0:2].all() == (expected >= 3)
+
+
+def test_run_reports_the_copies_and_their_inferences():
+    image = stepped_image()
+    cfg = InferCamConfig(split=False, max_rounds=5, stop_fraction=0.02)
+    run = infercam_run(channel0, torch.ones(1, 1), image, [[0]], (5, 5), (1.0,), False, cfg)
+    assert run.copies == [Copy(0, 0, 0, (0, 20, 0, 20))] and run.rounds.tolist() == [3]   # as test_stop_rule
+    assert torch.equal(run.maps[0], infercam_maps(channel0, torch.ones(1, 1), image, [[0]], (5, 5), (1.0,),
+                                                  False, cfg)[0])
+    plain = infercam_run(channel0, torch.ones(1, 1), image, [[0]], (5, 5), (1.0,), False,
+                         InferCamConfig(split=False, iterate=False))
+    assert plain.copies == [] and plain.rounds.numel() == 0       # plain CAM plans no copies
 
 
 def test_erase_scales_apply_to_erased_rounds_only():
@@ -453,11 +483,13 @@ def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
     assert parse_infercam("") == {}
     assert parse_infercam("erase_scales=1.0/0.5") == {"erase_scales": (1.0, 0.5)}
     assert parse_infercam("erase_flip=false,buffer_one=112") == {"erase_flip": False, "buffer_one": 112}
+    assert parse_infercam("buffer_side=0.25") == {"buffer_side": 0.25}
     for bad, says in [("erase=both", "erase must be"), ("rounds=3", "'rounds=3' is not KEY=VALUE"),
                       ("max_rounds=x", "max_rounds=.x. is not a valid int"),
                       ("split=maybe", "split=.maybe. is not a valid bool"),
                       ("erase_scales=1/x", "erase_scales=.1/x. is not a valid tuple"),
-                      ("erase_scales=0", "erase_scales must be positive"), ("unite", "'unite' is not KEY=VALUE")]:
+                      ("erase_scales=0", "erase_scales must be positive"), ("unite", "'unite' is not KEY=VALUE"),
+                      ("buffer_side=2", "buffer_side must be a fraction")]:
         with pytest.raises(SystemExit, match=says):
             parse_infercam(bad)
     parser = argparse.ArgumentParser()

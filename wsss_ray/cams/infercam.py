@@ -14,8 +14,9 @@ Pipeline per call (all images share one size H x W):
    spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
    ``three_plus="per_class"`` (paper) gives every class its own four patches around its own
    centre (``buffer_one``, since each split has one centre); ``"none"`` (authors' code) keeps the
-   whole image. Buffers are absolute pixels; borders clamp to the image (the authors' numpy
-   slicing wraps around on negative starts).
+   whole image. Buffers are absolute pixels (paper, code), or with ``buffer_side`` a fraction of
+   the image's height and width; borders clamp to the image (the authors' numpy slicing wraps
+   around on negative starts).
 3. **Iterative inference** (:func:`iterate_copies`). A *copy* is one (image, class, patch). Each
    round computes the multi-scale + flip CAM of every active copy, max-normalises it inside the
    patch, keeps an element-wise running max, and erases (fills with the image's mean colour, in
@@ -85,6 +86,9 @@ class InferCamConfig:
     erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
                                   # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
     erase_flip: bool = True       # flipped inputs in the erased rounds too (paper, code); False: a cost lever
+    buffer_side: float = 0.0      # > 0: both buffers are this fraction of the image's height (vertically) and
+                                  # width (horizontally), replacing the px buffers; not the paper's. Absolute px
+                                  # do not carry across image sizes: 0.25 is what helped coco_tiny and the demo
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):
@@ -98,6 +102,8 @@ class InferCamConfig:
         object.__setattr__(self, "erase_scales", tuple(float(s) for s in self.erase_scales))  # JSON gives lists
         if any(s <= 0 for s in self.erase_scales):
             raise ValueError(f"erase_scales must be positive, got {self.erase_scales}")
+        if not 0 <= self.buffer_side <= 1:
+            raise ValueError(f"buffer_side must be a fraction in [0, 1], got {self.buffer_side}")
 
 
 class Iterated(NamedTuple):
@@ -140,21 +146,32 @@ def grid_to_image(point: tuple[float, float], grid_size: tuple[int, int],
                  for p, g, n in zip(point, grid_size, image_size))
 
 
-def split_boxes(centres: Sequence[tuple[int, int]], height: int, width: int, buffer: int) -> list[Box]:
+def split_boxes(centres: Sequence[tuple[int, int]], height: int, width: int,
+                buffer: int | tuple[int, int]) -> list[Box]:
     """Four overlapping patches (top-left, top-right, bottom-left, bottom-right).
 
     The split lines are the sides of the rectangle spanned by ``centres`` (one centre: a point);
-    every patch contains that rectangle plus ``buffer`` px around it, so neighbouring patches
-    overlap by ``2 * buffer + 1`` px plus the rectangle. Borders clamp to the image.
+    every patch contains that rectangle plus ``buffer`` px around it (an int, or (vertical,
+    horizontal)), so neighbouring patches overlap by ``2 * buffer + 1`` px plus the rectangle.
+    Borders clamp to the image.
     """
+    by, bx = (buffer, buffer) if isinstance(buffer, int) else buffer
     ys = [min(max(int(c[0]), 0), height - 1) for c in centres]
     xs = [min(max(int(c[1]), 0), width - 1) for c in centres]
-    top_end = min(max(ys) + buffer + 1, height)
-    bottom_start = max(min(ys) - buffer, 0)
-    left_end = min(max(xs) + buffer + 1, width)
-    right_start = max(min(xs) - buffer, 0)
+    top_end = min(max(ys) + by + 1, height)
+    bottom_start = max(min(ys) - by, 0)
+    left_end = min(max(xs) + bx + 1, width)
+    right_start = max(min(xs) - bx, 0)
     return [(0, top_end, 0, left_end), (0, top_end, right_start, width),
             (bottom_start, height, 0, left_end), (bottom_start, height, right_start, width)]
+
+
+def split_buffers(cfg: InferCamConfig, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(vertical, horizontal) px buffers of one-centre and two-centre splits."""
+    if cfg.buffer_side > 0:
+        side = (round(cfg.buffer_side * height), round(cfg.buffer_side * width))
+        return side, side
+    return (cfg.buffer_one, cfg.buffer_one), (cfg.buffer_two, cfg.buffer_two)
 
 
 def class_boxes(n_classes: int, centres, height: int, width: int, cfg: InferCamConfig) -> list[list[Box]]:
@@ -162,13 +179,14 @@ def class_boxes(n_classes: int, centres, height: int, width: int, cfg: InferCamC
     full = [(0, height, 0, width)]
     if not cfg.split or n_classes == 0:
         return [full] * n_classes
+    one, two = split_buffers(cfg, height, width)
     if n_classes == 1:
-        return [split_boxes(centres, height, width, cfg.buffer_one)]
+        return [split_boxes(centres, height, width, one)]
     if n_classes == 2:
-        return [split_boxes(centres, height, width, cfg.buffer_two)] * 2
+        return [split_boxes(centres, height, width, two)] * 2
     if cfg.three_plus == "none":
         return [full] * n_classes
-    return [split_boxes([c], height, width, cfg.buffer_one) for c in centres]
+    return [split_boxes([c], height, width, one) for c in centres]
 
 
 def class_centres(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
@@ -377,6 +395,12 @@ def unite(acc: torch.Tensor, copies: Sequence[Copy], classes, image_size: tuple[
     return out
 
 
+class InferCamRun(NamedTuple):
+    maps: list              # per image (len(classes[i]), *out_size), each map max-normalised
+    copies: list            # the (image, class, patch) units inferred; empty without split or iterate
+    rounds: torch.Tensor    # (len(copies),) inferences each copy made (the cost benchmarks read it)
+
+
 def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
                   out_size: tuple[int, int], scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True,
                   cfg: InferCamConfig = InferCamConfig(), baselines: Sequence[torch.Tensor] | None = None,
@@ -386,10 +410,20 @@ def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.T
     ``baselines``: each image's baseline CAM maps of its GT classes (as the CAM pass stores
     them), so the split takes its centres from them instead of inferring the baseline again.
     """
+    return infercam_run(features_fn, weight, images, classes, out_size, scales, flip, cfg, baselines).maps
+
+
+def infercam_run(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
+                 out_size: tuple[int, int], scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                 cfg: InferCamConfig = InferCamConfig(), baselines: Sequence[torch.Tensor] | None = None,
+                 ) -> InferCamRun:
+    """:func:`infercam_maps` with the copies it planned and the inferences each made."""
     out_size = tuple(out_size)
+    no_rounds = torch.zeros(0, dtype=torch.long)
     with torch.no_grad():
         if not cfg.split and not cfg.iterate:
-            return select_and_normalise(multiscale_cam(features_fn, weight, images, out_size, scales, flip), classes)
+            cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
+            return InferCamRun(select_and_normalise(cams, classes), [], no_rounds)
         height, width = images.shape[-2:]
         centres = None
         if needs_centres(classes, cfg):
@@ -397,9 +431,9 @@ def infercam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.T
                 class_centres(features_fn, weight, images, classes, out_size, scales, flip)
         copies = plan_copies(classes, centres, height, width, cfg)
         if not copies:
-            return [images.new_zeros(len(cls), *out_size) for cls in classes]
+            return InferCamRun([images.new_zeros(len(cls), *out_size) for cls in classes], [], no_rounds)
         fill = images.mean((2, 3))  # each image's mean colour, in normalised space
         done = iterate_copies(features_fn, weight, images, fill, copies, scales, flip, cfg)
         # "scaled": a patch with little of the object keeps its low activation instead of a peak of 1
         acc = done.maps * done.peaks[:, None, None] if cfg.unite == "scaled" else done.maps
-        return unite(acc, copies, classes, (height, width), out_size)
+        return InferCamRun(unite(acc, copies, classes, (height, width), out_size), copies, done.rounds)

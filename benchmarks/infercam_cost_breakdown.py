@@ -1,0 +1,169 @@
+"""Where InferCam's cost comes from: counted work, not time (so the figures do not move with
+the machine's load), per image group (1, 2, 3+ GT classes) and per variant.
+
+For each variant and group the script counts, as the job runs it (split centres from the
+CAM pass's stored maps): backbone calls and input pixels of CAM and of InferCam on the same
+images, the (image, class, patch) copies InferCam plans, the unique patches and their area
+against the image's, and the inferences each copy made (how many stopped by the stop rule,
+how many ran to ``max_rounds``). Splitting the pixels into round 0 (un-erased patches, shared
+by an image's classes) and the erased rounds shows which rule of the method puts it over
+the 3x target; the call counts are what a launch-bound accelerator would pay.
+
+Target (issue 5): InferCam <= 3x CAM per image. ``benchmarks/infercam_cost.py`` times it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+
+import torch
+
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, show, write_results
+from _models import SCALES, effnet_model, tiny_model
+from infercam_cost import CountingFeatures, coco_batches, demo_batches
+from wsss_ray.cams.infercam import InferCamConfig, infercam_run
+from wsss_ray.cams.registry import build_map_fn
+from wsss_ray.store import decode_maps, encode_maps
+
+# the paper's procedure (the job's default) and one change at a time, then the authors' code
+VARIANTS = {
+    "paper": {},
+    "paper_split_only": {"iterate": False},
+    "paper_iterate_only": {"split": False},
+    "stop_1pct": {"stop_fraction": 0.01},                     # the paper's text says 1 %, the code 2 %
+    "union_erase": {"erase": "union"},                        # one mask per patch, not per class
+    "no_3plus_split": {"three_plus": "none"},                 # 3+ class images not split
+    "authors_code": {"erase": "union", "three_plus": "none"},
+    "erase_scales_1": {"erase_scales": (1.0,)},               # a lever, not the paper's
+    "erase_scales_1_noflip": {"erase_scales": (1.0,), "erase_flip": False},
+    "one_canvas": {"bucket_px": 0},                           # fewer, larger calls (padding pixels)
+}
+GROUPS = ("1", "2", "3+")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo-images", type=int, default=64)
+    p.add_argument("--demo-batch", type=int, default=16)
+    p.add_argument("--coco-images", type=int, default=16, help="first N coco_tiny train images (with a VOC class)")
+    p.add_argument("--max-side", type=int, default=448)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="", metavar="NAME,...", help=f"default all of {list(VARIANTS)}")
+    p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
+    p.add_argument("--skip-coco", action="store_true")
+    p.add_argument("--skip-demo", action="store_true")
+    return p.parse_args()
+
+
+def group_of(labels) -> str:
+    return GROUPS[min(len(labels), 3) - 1]
+
+
+def grouped(batches: list) -> dict:
+    """Batches split by the GT class count of their images (the coco batches hold one image)."""
+    out: dict[str, list] = {g: [] for g in GROUPS}
+    for x, classes, out_size in batches:
+        by_group: dict[str, list[int]] = {}
+        for i, labels in enumerate(classes):
+            by_group.setdefault(group_of(labels), []).append(i)
+        for g, idx in by_group.items():
+            out[g].append((x[idx], [classes[i] for i in idx], out_size))
+    return {g: b for g, b in out.items() if b}
+
+
+def stored_cam(model, counter: CountingFeatures, batches: list) -> tuple[list, dict]:
+    """CAM maps as the CAM pass stores them (8-bit), and what that pass cost."""
+    cam = build_map_fn("cam", model, {"scales": SCALES, "flip": True})
+    counter.reset()
+    with torch.no_grad():
+        stored = [[torch.from_numpy(decode_maps(encode_maps(m.numpy()), m.shape)) for m in cam(*b)] for b in batches]
+    return stored, {"calls": counter.calls, "pixels": counter.pixels}
+
+
+def copy_area(box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def count_variant(model, counter: CountingFeatures, cfg: InferCamConfig, batches: list, stored: list) -> dict:
+    """InferCam's counted work on ``batches`` (centres from ``stored``) and its plan."""
+    weight = model.cam_weight("w").detach()
+    counter.reset()
+    images = image_area = copies = patch_area = 0
+    patches: set = set()
+    rounds: Counter = Counter()
+    erased_area = 0.0           # sum over copies of (inferences - 1) * patch area
+    for (x, classes, out_size), baselines in zip(batches, stored):
+        run = infercam_run(model.features, weight, x, classes, out_size, SCALES, True, cfg, baselines)
+        offset = images
+        images += x.shape[0]
+        image_area += x.shape[0] * x.shape[-2] * x.shape[-1]
+        copies += len(run.copies)
+        for c, r in zip(run.copies, run.rounds.tolist()):
+            rounds[r] += 1
+            erased_area += (r - 1) * copy_area(c.box)
+            key = (offset + c.image, c.box)
+            if key not in patches:
+                patches.add(key)
+                patch_area += copy_area(c.box)
+    inferences = sum(r * n for r, n in rounds.items())
+    return {"images": images, "calls": counter.calls, "pixels": counter.pixels, "copies": copies,
+            "copies_per_image": ratio(copies, images), "patches_per_image": ratio(len(patches), images),
+            "patch_area_vs_image": ratio(patch_area, image_area),
+            "erased_copy_area_vs_image": ratio(erased_area, image_area),
+            "rounds_histogram": {str(r): rounds[r] for r in sorted(rounds)},
+            "mean_inferences_per_copy": ratio(inferences, copies),
+            "copies_at_max_rounds": ratio(rounds.get(cfg.max_rounds, 0), copies) if cfg.iterate else float("nan")}
+
+
+def run_case(name: str, model, batches: list, variants: list) -> dict:
+    counter = CountingFeatures(model)
+    groups = grouped(batches)
+    print(f"{name}:", flush=True)
+    out = {}
+    for g, group_batches in [("all", batches), *groups.items()]:
+        stored, cam = stored_cam(model, counter, group_batches)
+        row = {"cam": cam}
+        for v in variants:
+            counted = count_variant(model, counter, InferCamConfig(**VARIANTS[v]), group_batches, stored)
+            counted["pixels_vs_cam"] = ratio(counted["pixels"], cam["pixels"])
+            counted["calls_vs_cam"] = ratio(counted["calls"], cam["calls"])
+            row[v] = counted
+            show(f"[{g} classes] {v}: x CAM pixels, x CAM calls, copies/img, inferences/copy",
+                 f"{counted['pixels_vs_cam']:.2f}x, {counted['calls_vs_cam']:.1f}x, "
+                 f"{counted['copies_per_image']:.1f}, {counted['mean_inferences_per_copy']:.2f}")
+        row["images"] = row[variants[0]]["images"] if variants else 0
+        out[g] = row
+    return out
+
+
+def chosen(names: str) -> list:
+    wanted = [n for n in names.split(",") if n] or list(VARIANTS)
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    return wanted
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    variants = chosen(args.variants)
+    out = {}
+    if not args.skip_demo:
+        trained = checkpoint_ready(DEMO_CKPT)
+        model, cfg = tiny_model(DEMO_CKPT if trained else "")
+        out["demo"] = run_case("demo (tiny @112)", model, demo_batches(args, cfg), variants)
+        out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
+    if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
+        model, cfg = effnet_model(COCO_CKPT)
+        out["coco_tiny"] = run_case(f"coco_tiny (efficientnet_lite0 @{args.max_side})", model,
+                                    coco_batches(args, cfg), variants)
+        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
+    elif not args.skip_coco:
+        out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
+    write_results("infercam_cost_breakdown", {"args": vars(args), **out})
+
+
+if __name__ == "__main__":
+    main()
