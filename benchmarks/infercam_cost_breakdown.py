@@ -36,7 +36,6 @@ VARIANTS = {
     "no_3plus_split": {"three_plus": "none"},                 # 3+ class images not split
     "authors_code": {"erase": "union", "three_plus": "none"},
     "erase_scales_1": {"erase_scales": (1.0,)},               # a lever, not the paper's
-    "erase_scales_1_noflip": {"erase_scales": (1.0,), "erase_flip": False},
     "one_canvas": {"bucket_px": 0},                           # fewer, larger calls (padding pixels)
 }
 GROUPS = ("1", "2", "3+")
@@ -53,6 +52,7 @@ def parse_args():
     p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--tag", default="", help="results file infercam_cost_breakdown_<tag>.json")
     return p.parse_args()
 
 
@@ -110,30 +110,56 @@ def count_variant(model, counter: CountingFeatures, cfg: InferCamConfig, batches
     return {"images": images, "calls": counter.calls, "pixels": counter.pixels, "copies": copies,
             "copies_per_image": ratio(copies, images), "patches_per_image": ratio(len(patches), images),
             "patch_area_vs_image": ratio(patch_area, image_area),
-            "erased_copy_area_vs_image": ratio(erased_area, image_area),
+            "erased_copy_area_vs_image": ratio(erased_area, image_area), "image_area": image_area,
             "rounds_histogram": {str(r): rounds[r] for r in sorted(rounds)},
             "mean_inferences_per_copy": ratio(inferences, copies),
-            "copies_at_max_rounds": ratio(rounds.get(cfg.max_rounds, 0), copies) if cfg.iterate else float("nan")}
+            "copies_at_max_rounds": ratio(rounds.get(cfg.max_rounds, 0), copies)}
+
+
+def summed(rows: list, max_rounds: int) -> dict:
+    """The groups' counts added up (ratios recomputed), so every image is inferred once."""
+    total = {k: sum(r[k] for r in rows) for k in ("images", "calls", "pixels", "copies")}
+    hist: Counter = Counter()
+    for r in rows:
+        hist.update({int(k): v for k, v in r["rounds_histogram"].items()})
+    images, copies = total["images"], total["copies"]
+    weighted = lambda key, per: sum(r[key] * r[per] for r in rows)
+    return {**total, "copies_per_image": ratio(copies, images),
+            "patches_per_image": ratio(weighted("patches_per_image", "images"), images),
+            "patch_area_vs_image": ratio(weighted("patch_area_vs_image", "image_area"), sum(r["image_area"] for r in rows)),
+            "erased_copy_area_vs_image": ratio(weighted("erased_copy_area_vs_image", "image_area"),
+                                               sum(r["image_area"] for r in rows)),
+            "image_area": sum(r["image_area"] for r in rows),
+            "rounds_histogram": {str(k): hist[k] for k in sorted(hist)},
+            "mean_inferences_per_copy": ratio(sum(k * n for k, n in hist.items()), copies),
+            "copies_at_max_rounds": ratio(hist.get(max_rounds, 0), copies)}
 
 
 def run_case(name: str, model, batches: list, variants: list) -> dict:
+    """Each GT-class-count group inferred apart; "all" is their sum (the job batches images of
+    every count together, which changes only the size buckets' padding and call counts)."""
     counter = CountingFeatures(model)
-    groups = grouped(batches)
     print(f"{name}:", flush=True)
     out = {}
-    for g, group_batches in [("all", batches), *groups.items()]:
+    for g, group_batches in grouped(batches).items():
         stored, cam = stored_cam(model, counter, group_batches)
-        row = {"cam": cam}
+        out[g] = {"cam": cam, "images": sum(len(b[1]) for b in group_batches)}
         for v in variants:
-            counted = count_variant(model, counter, InferCamConfig(**VARIANTS[v]), group_batches, stored)
-            counted["pixels_vs_cam"] = ratio(counted["pixels"], cam["pixels"])
-            counted["calls_vs_cam"] = ratio(counted["calls"], cam["calls"])
-            row[v] = counted
-            show(f"[{g} classes] {v}: x CAM pixels, x CAM calls, copies/img, inferences/copy",
-                 f"{counted['pixels_vs_cam']:.2f}x, {counted['calls_vs_cam']:.1f}x, "
-                 f"{counted['copies_per_image']:.1f}, {counted['mean_inferences_per_copy']:.2f}")
-        row["images"] = row[variants[0]]["images"] if variants else 0
-        out[g] = row
+            out[g][v] = count_variant(model, counter, InferCamConfig(**VARIANTS[v]), group_batches, stored)
+    groups = list(out)
+    out["all"] = {"cam": {k: sum(out[g]["cam"][k] for g in groups) for k in ("calls", "pixels")},
+                  "images": sum(out[g]["images"] for g in groups)}
+    for v in variants:
+        out["all"][v] = summed([out[g][v] for g in groups], InferCamConfig(**VARIANTS[v]).max_rounds)
+    for g in ["all", *groups]:
+        for v in variants:
+            row = out[g][v]
+            row["pixels_vs_cam"] = ratio(row["pixels"], out[g]["cam"]["pixels"])
+            row["calls_vs_cam"] = ratio(row["calls"], out[g]["cam"]["calls"])
+            show(f"[{g} classes, {out[g]['images']} images] {v}: x CAM pixels, x CAM calls, copies/img, "
+                 "inferences/copy, at max rounds",
+                 f"{row['pixels_vs_cam']:.2f}x, {row['calls_vs_cam']:.1f}x, {row['copies_per_image']:.1f}, "
+                 f"{row['mean_inferences_per_copy']:.2f}, {row['copies_at_max_rounds']:.2f}")
     return out
 
 
@@ -162,7 +188,7 @@ def main() -> None:
         out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
-    write_results("infercam_cost_breakdown", {"args": vars(args), **out})
+    write_results("infercam_cost_breakdown" + (f"_{args.tag}" if args.tag else ""), {"args": vars(args), **out})
 
 
 if __name__ == "__main__":
