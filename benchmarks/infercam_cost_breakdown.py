@@ -4,10 +4,10 @@ the machine's load), per image group (1, 2, 3+ GT classes) and per variant.
 For each variant and group the script counts, as the job runs it (split centres from the
 CAM pass's stored maps): backbone calls and input pixels of CAM and of InferCam on the same
 images, the (image, class, patch) copies InferCam plans, the unique patches and their area
-against the image's, and the inferences each copy made (how many stopped by the stop rule,
-how many ran to ``max_rounds``). Splitting the pixels into round 0 (un-erased patches, shared
-by an image's classes) and the erased rounds shows which rule of the method puts it over
-the 3x target; the call counts are what a launch-bound accelerator would pay.
+against the image's, the area the erased rounds re-infer (sum over copies of (inferences - 1)
+x patch area), and the inferences each copy made (how many ran to ``max_rounds``). Round 0's
+patch area against the erased rounds' area shows which rule of the method puts it over the
+3x target; the call counts are what a launch-bound accelerator would pay.
 
 Target (issue 5): InferCam <= 3x CAM per image. ``benchmarks/infercam_cost.py`` times it.
 """
@@ -118,21 +118,20 @@ def count_variant(model, counter: CountingFeatures, cfg: InferCamConfig, batches
 
 def summed(rows: list, max_rounds: int) -> dict:
     """The groups' counts added up (ratios recomputed), so every image is inferred once."""
-    total = {k: sum(r[k] for r in rows) for k in ("images", "calls", "pixels", "copies")}
+    total = {k: sum(r[k] for r in rows) for k in ("images", "calls", "pixels", "copies", "image_area")}
     hist: Counter = Counter()
     for r in rows:
         hist.update({int(k): v for k, v in r["rounds_histogram"].items()})
-    images, copies = total["images"], total["copies"]
-    weighted = lambda key, per: sum(r[key] * r[per] for r in rows)
-    return {**total, "copies_per_image": ratio(copies, images),
-            "patches_per_image": ratio(weighted("patches_per_image", "images"), images),
-            "patch_area_vs_image": ratio(weighted("patch_area_vs_image", "image_area"), sum(r["image_area"] for r in rows)),
-            "erased_copy_area_vs_image": ratio(weighted("erased_copy_area_vs_image", "image_area"),
-                                               sum(r["image_area"] for r in rows)),
-            "image_area": sum(r["image_area"] for r in rows),
+
+    def mean(key: str, weight: str) -> float:     # a per-group ratio, weighted by its denominator
+        return ratio(sum(r[key] * r[weight] for r in rows), total[weight])
+    return {**total, "copies_per_image": ratio(total["copies"], total["images"]),
+            "patches_per_image": mean("patches_per_image", "images"),
+            "patch_area_vs_image": mean("patch_area_vs_image", "image_area"),
+            "erased_copy_area_vs_image": mean("erased_copy_area_vs_image", "image_area"),
             "rounds_histogram": {str(k): hist[k] for k in sorted(hist)},
-            "mean_inferences_per_copy": ratio(sum(k * n for k, n in hist.items()), copies),
-            "copies_at_max_rounds": ratio(hist.get(max_rounds, 0), copies)}
+            "mean_inferences_per_copy": ratio(sum(k * n for k, n in hist.items()), total["copies"]),
+            "copies_at_max_rounds": ratio(hist.get(max_rounds, 0), total["copies"])}
 
 
 def run_case(name: str, model, batches: list, variants: list) -> dict:
