@@ -51,7 +51,9 @@ def cpu_kind() -> dict:
 
 def machine() -> dict:
     import torch
-    return {"cpu_model": cpu_model(), **cpu_kind(), "cores": os.cpu_count(), "gpu": torch.cuda.is_available(),
+    gpu = torch.cuda.is_available()
+    return {"cpu_model": cpu_model(), **cpu_kind(), "cores": os.cpu_count(), "gpu": gpu,
+            "gpu_name": torch.cuda.get_device_name(0) if gpu else None,
             "python": platform.python_version(), "torch": torch.__version__}
 
 

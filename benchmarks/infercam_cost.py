@@ -10,6 +10,10 @@ split: centres from the CAM pass's stored maps, no second baseline inference.
 
 ``--variants a,b`` times a subset (with CAM), ``--tag T`` writes ``infercam_cost_T.json`` so
 the full table's file stays, ``--skip-demo`` / ``--skip-coco`` time one case.
+
+``--device cuda`` times on a GPU (the clock waits for the device's queue to drain); with
+``--demo-ckpt``, ``--coco-ckpt`` and ``--coco-root`` pointing at carried copies it needs
+neither Ray nor faiss, so it runs on a bare accelerator machine (``benchmarks/device_infercam.sh``).
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ VARIANTS = {"cam": None, "infercam_split": {"split": True, "iterate": False},
 # baseline inference is not repeated; these variants time InferCam on top of an existing CAM pass
 FROM_CAM_MAPS = {"infercam_split_from_cam_maps": "infercam_split", "infercam_both_from_cam_maps": "infercam_both",
                  "infercam_both_code_from_cam_maps": "infercam_both_code",
+                 "infercam_both_one_canvas_from_cam_maps": "infercam_both_one_canvas",
                  "infercam_both_erase_s1_from_cam_maps": "infercam_both_erase_s1",
                  "infercam_both_erase_s1_noflip_from_cam_maps": "infercam_both_erase_s1_noflip",
                  "infercam_both_rounds3_from_cam_maps": "infercam_both_rounds3",
@@ -73,6 +78,10 @@ def parse_args():
     p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the model and the images live")
+    p.add_argument("--demo-ckpt", default=DEMO_CKPT, help="trained tiny demo checkpoint directory")
+    p.add_argument("--coco-ckpt", default=COCO_CKPT, help="trained EfficientNet-Lite0 coco_tiny checkpoint")
+    p.add_argument("--coco-root", default=COCO_TINY)
     add_load_args(p)
     return p.parse_args()
 
@@ -106,8 +115,14 @@ def stored_cam_maps(model, batches: list) -> list:
     """Each batch's CAM maps as the CAM pass stores them (8-bit), computed before the clock starts."""
     cam = map_fn(model, "cam")
     with torch.no_grad():
-        return [[torch.from_numpy(decode_maps(encode_maps(m.numpy()), m.shape)) for m in cam(*batch)]
-                for batch in batches]
+        return [[torch.from_numpy(decode_maps(encode_maps(m.cpu().numpy()), m.shape)).to(m.device)
+                 for m in cam(*batch)] for batch in batches]
+
+
+def drained(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so the clock measures work done, not work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_variant(model, counter: CountingFeatures, variant: str, batches: list) -> dict:
@@ -115,12 +130,15 @@ def time_variant(model, counter: CountingFeatures, variant: str, batches: list) 
     fn = map_fn(model, variant)
     stored = stored_cam_maps(model, batches) if variant in FROM_CAM_MAPS else [None] * len(batches)
     counter.reset()
+    device = batches[0][0].device
     with torch.no_grad():
+        drained(device)
         start = time.perf_counter()
         images = 0
         for (x, classes, out_size), baselines in zip(batches, stored):
             fn(x, classes, out_size, **({} if baselines is None else {"baselines": baselines}))
             images += x.shape[0]
+        drained(device)
         seconds = time.perf_counter() - start
     return {"seconds_per_image": seconds / images, "images": images, "backbone_calls_per_image": counter.calls / images,
             "backbone_inputs_per_image": counter.inputs / images, "input_pixels_per_image": counter.pixels / images}
@@ -164,36 +182,37 @@ def run_case(name: str, model, batches: list, repeats: int, variants: list) -> d
 def demo_batches(args, cfg) -> list:
     images, _, labels = demo_images(args.demo_images)
     out_size = strided_size(images[0].shape[0], images[0].shape[1], 4)
-    return [(to_tensor(images[i:i + args.demo_batch], cfg), labels[i:i + args.demo_batch], out_size)
+    return [(to_tensor(images[i:i + args.demo_batch], cfg).to(args.device), labels[i:i + args.demo_batch], out_size)
             for i in range(0, len(images), args.demo_batch)]
 
 
 def coco_batches(args, cfg) -> list:
     from wsss_ray.data.images import load_rgb
-    rows, _ = coco_rows(os.path.join(args.work_dir, "coco_run"), COCO_TINY, "train", args.coco_images)
+    rows, _ = coco_rows(os.path.join(args.work_dir, "coco_run"), args.coco_root, "train", args.coco_images)
     batches = []
     for row in rows:
         if not row["labels"]:      # no VOC-class object: InferCam has nothing to do, CAM still runs
             continue
         image = load_rgb(row["uri"], max_side=args.max_side)
-        batches.append((to_tensor([image], cfg), [row["labels"]], strided_size(*image.shape[:2], 4)))
+        batches.append((to_tensor([image], cfg).to(args.device), [row["labels"]], strided_size(*image.shape[:2], 4)))
     return batches
 
 
 def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
-    trained = checkpoint_ready(DEMO_CKPT)
-    model, cfg = tiny_model(DEMO_CKPT if trained else "")
+    trained = checkpoint_ready(args.demo_ckpt)
+    model, cfg = tiny_model(args.demo_ckpt if trained else "")
     variants = chosen_variants(args.variants)
     out = {}
     if not args.skip_demo:
-        out["demo"] = run_case("demo (tiny @112)", model, demo_batches(args, cfg), args.repeats, variants)
-        out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
-    if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
-        model, cfg = effnet_model(COCO_CKPT)
+        out["demo"] = run_case("demo (tiny @112)", model.to(args.device), demo_batches(args, cfg), args.repeats,
+                               variants)
+        out["demo"]["model"] = f"tiny, {'trained ' + args.demo_ckpt if trained else 'random weights'}"
+    if not args.skip_coco and checkpoint_ready(args.coco_ckpt) and os.path.isdir(args.coco_root):
+        model, cfg = effnet_model(args.coco_ckpt)
         name = f"coco_tiny (efficientnet_lite0 @{args.max_side})"
-        out["coco_tiny"] = run_case(name, model, coco_batches(args, cfg), args.repeats, variants)
-        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
+        out["coco_tiny"] = run_case(name, model.to(args.device), coco_batches(args, cfg), args.repeats, variants)
+        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {args.coco_ckpt}"
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
     return out
