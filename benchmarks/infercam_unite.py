@@ -27,6 +27,8 @@ InferCamConfig options, written as for the job's ``--infercam``, e.g.
 ``--variant split_b40:iterate=false,buffer_one=40,buffer_two=80``. ``--by-classes`` also scores
 every map on the images with one, two and three or more GT classes separately (each subset's own
 best threshold), to see which images a split or an erasing rule helps or hurts.
+``--no-unite-pair`` skips the split-only pair above (two extractions), for a run that only
+compares ``--variant`` maps with CAM.
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ def parse_args():
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also maps/infercam_NAME with these InferCamConfig options (split and iterate default on)")
     p.add_argument("--by-classes", action="store_true", help="also score images with 1, 2 and 3+ classes apart")
+    p.add_argument("--no-unite-pair", action="store_true",
+                   help="skip the split-only pair (per patch, scaled): only CAM and the asked-for variants")
     p.add_argument("--tag", default="", help="results file infercam_unite_<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
@@ -66,7 +70,7 @@ def parse_args():
 def run_all(args) -> dict:
     run = RunDir(args.run_dir)
     config = run_config(run)
-    variants = dict(VARIANTS)
+    variants = {} if args.no_unite_pair else dict(VARIANTS)
     if args.with_iterate:
         variants.update({name.replace("split", "both"): {**v, "iterate": True} for name, v in VARIANTS.items()})
     if args.authors_code:
