@@ -2,7 +2,7 @@
 # Here, before a device call: copy what benchmarks/device_infercam.sh needs into .device_carry/
 # (git-ignored through .git/info/exclude), to name in the device tool's `carry`. The accelerator
 # machine has torch, numpy, pillow, pyarrow and psutil but no Ray or faiss, and cannot reach
-# ../shared, so the trained checkpoints and coco_tiny travel as plain files (about 45 MB).
+# ../shared, so the trained checkpoints and coco_tiny travel as plain files (41 MB: the script prints it).
 # Needs: /tmp/runs/full1 (RUN_DIR=/tmp/runs/full1 bash scripts/demo) and /tmp/runs/coco_ref2
 # (the README's coco_tiny reference command with --run-dir /tmp/runs/coco_ref2).
 set -euo pipefail
