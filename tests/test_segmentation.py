@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.models.segmentation import (SEG_PRESETS, ASPPv2, augment_pair, build_segmenter, pad_batch,
+from wsss_ray.data.augment import augment_pair, pad_batch
+from wsss_ray.models.segmentation import (SEG_PRESETS, ASPPv2, build_segmenter,
                                           predict_mask, predict_multiscale, segmentation_loss)
 
 
@@ -155,7 +156,7 @@ def test_two_worker_segmentation_step_with_saliency(ray_session, quick_run, tmp_
     cfg = dataclasses.replace(SEG_PRESETS["quick"], iterations=2, batch_size=4, crop_size=48, num_workers=2)
     out = train_segmentation(str(run), "gt", cfg, saliency_dir=str(tmp_path / "sal"))
     assert out["skipped"] is False and out["images"] == 6
-    assert out["iterations_done"] == 2 and np.isfinite(out["loss"])
+    assert out["steps_done"] == 2 and np.isfinite(out["loss"])
     ckpt = run / "checkpoints" / "seg_gt"
     assert (ckpt / "model.pt").exists() and (ckpt / "epochs" / "epoch-000" / "state.json").exists()
     meta = json.loads((ckpt / "model.json").read_text())

@@ -157,3 +157,15 @@ def done_ids(fs: pafs.FileSystem, directory: str) -> set[int]:
     """Image ids already present in complete shards of ``directory``."""
     table = read_shards(fs, directory, columns=["image_id"])
     return set(table.column("image_id").to_pylist())
+
+
+def read_rows(directory: str, ids, columns=None) -> dict[int, dict]:
+    """Rows of the shards under ``directory`` for ``ids`` (shards are sorted by image_id, so
+    Parquet statistics skip the shards that cannot hold them)."""
+    fs, path = open_fs(directory)
+    shards = list_shards(fs, path)
+    if not shards:
+        return {}
+    dataset = pads.dataset(shards, filesystem=fs, format="parquet")
+    table = dataset.to_table(columns=columns, filter=pads.field("image_id").isin(list(ids)))
+    return {r["image_id"]: r for r in table.to_pylist()}

@@ -213,3 +213,16 @@ def save_png(array: np.ndarray, uri: str, filesystem: pafs.FileSystem | None = N
     Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
     fs, path = open_fs(uri, filesystem)
     write_bytes_atomic(fs, path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ label masks as PNG bytes
+# (the mask shards' ``png`` column: mode-L, 0 background, class id + 1, 255 ignore)
+
+def encode_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)), dtype=np.uint8)

@@ -1,5 +1,5 @@
 """Segmentation networks trained on pseudo masks (step 5 of the pipeline), their loss,
-augmentation, schedule presets and multi-scale inference. Pure torch (no Ray).
+schedule presets and multi-scale inference. Pure torch (no Ray).
 
 Architectures (``build_segmenter``):
 - ``deeplabv2_resnet101``: ResNet-101 at output stride 8 (layer3/4 dilated) + the
@@ -24,10 +24,9 @@ import torch.nn.functional as F
 import torchvision
 
 from wsss_ray.cams.losses import activation_aware_saliency_loss
-from wsss_ray.cams.training import normalise_image
+from wsss_ray.data.augment import IGNORE  # the label every loss skips (augment_pair pads with it)
 
 ARCHS = ("deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "tiny")
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -200,62 +199,6 @@ def build_seg_optimizer(model: SegNet, cfg: SegConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-# ------------------------------------------------------------------ augmentation
-
-
-def _resize(a: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarray:
-    from PIL import Image
-    if a.shape[:2] == size_hw:
-        return a
-    mode = Image.NEAREST if nearest else Image.BILINEAR
-    if a.dtype == np.float32:
-        return np.asarray(Image.fromarray(a, mode="F").resize(size_hw[::-1], mode))
-    return np.asarray(Image.fromarray(a).resize(size_hw[::-1], mode))
-
-
-def augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, scale_range, crop: int,
-                 hflip: bool, mean, std, extra: np.ndarray | None = None):
-    """Joint random scale, hflip and crop of an image, its label (nearest; padded 255) and an
-    optional float map (saliency; padded 0). crop 0: no crop. Returns (x (3,c,c), label, extra)."""
-    scale = float(rng.uniform(*scale_range)) if scale_range[0] != scale_range[1] else float(scale_range[0])
-    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-    image, label = _resize(image, size, False), _resize(label, size, True)
-    extra = None if extra is None else _resize(extra.astype(np.float32), size, False)
-    if hflip and rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-        extra = None if extra is None else extra[:, ::-1]
-    x = normalise_image(np.ascontiguousarray(image), mean, std)
-    if crop <= 0:
-        return x, np.ascontiguousarray(label), None if extra is None else np.ascontiguousarray(extra)
-    h, w = label.shape
-    top, left = int(rng.integers(0, max(h - crop, 0) + 1)), int(rng.integers(0, max(w - crop, 0) + 1))
-    ch, cw = min(crop, h), min(crop, w)
-    out_x = np.zeros((3, crop, crop), np.float32)          # 0 = the mean colour after normalising
-    out_y = np.full((crop, crop), IGNORE, np.uint8)
-    out_x[:, :ch, :cw] = x[:, top:top + ch, left:left + cw]
-    out_y[:ch, :cw] = label[top:top + ch, left:left + cw]
-    out_e = None
-    if extra is not None:
-        out_e = np.zeros((crop, crop), np.float32)
-        out_e[:ch, :cw] = extra[top:top + ch, left:left + cw]
-    return out_x, out_y, out_e
-
-
-def pad_batch(xs: list[np.ndarray], ys: list[np.ndarray], extras: list | None = None):
-    """Stack different-size samples, padding images with 0, labels with 255, extras with 0."""
-    h = max(x.shape[1] for x in xs)
-    w = max(x.shape[2] for x in xs)
-    bx = np.zeros((len(xs), 3, h, w), np.float32)
-    by = np.full((len(xs), h, w), IGNORE, np.uint8)
-    be = None if not extras or extras[0] is None else np.zeros((len(xs), h, w), np.float32)
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        bx[i, :, :x.shape[1], :x.shape[2]] = x
-        by[i, :y.shape[0], :y.shape[1]] = y
-        if be is not None:
-            be[i, :extras[i].shape[0], :extras[i].shape[1]] = extras[i]
-    return torch.from_numpy(bx), torch.from_numpy(by).long(), None if be is None else torch.from_numpy(be)
 
 
 # ------------------------------------------------------------------ inference

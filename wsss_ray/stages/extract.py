@@ -18,7 +18,7 @@ import torch
 
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import TAKES_BASELINES, build_map_fn
-from wsss_ray.cams.training import normalise_image
+from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier

@@ -15,29 +15,29 @@ map shards. Each pseudo-mask set is scored against GT with the pipeline's metric
 """
 from __future__ import annotations
 
-import io
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 import torch
 
-from wsss_ray.config import from_dict, to_dict
-from wsss_ray.data.errors import ItemError
-from wsss_ray.data.images import absolute_root, load_mask, load_rgb
+from wsss_ray.config import ModelConfig, to_dict
+from wsss_ray.data.augment import image_at
+from wsss_ray.data.images import absolute_root, decode_png, encode_png, load_mask
 from wsss_ray.data.manifest import read_manifest
+from wsss_ray.data.train_batches import PairBatches
+from wsss_ray.models.checkpoint import load_classifier, load_state
 from wsss_ray.metrics import full_resolution, gt_at, threshold_confusions
 from wsss_ray.refine.crf import CRFParams
 from wsss_ray.refine.irn import (BoundaryNet, WalkParams, conf_thresholds, confident_labels, crf_pseudo_mask,
                                  downsample_labels, infer_boundary, irn_loss, rw_pseudo_mask)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
-from wsss_ray.store import decode_maps, join_uri, list_shards, open_fs, write_table_atomic
+from wsss_ray.stages.engine import Schedule, TrainTask, epoch_schedule, fit
+from wsss_ray.store import decode_maps, list_shards, open_fs, read_rows, write_table_atomic
 
 MASKS_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -98,33 +98,9 @@ REFINE_PRESETS = {
 # ------------------------------------------------------------------ mask encoding
 
 
-def encode_png(mask: np.ndarray) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-    return np.array(Image.open(io.BytesIO(data)), dtype=np.uint8)
-
-
 def mask_row(image_id: int, mask: np.ndarray) -> dict:
     return {"image_id": int(image_id), "height": int(mask.shape[0]), "width": int(mask.shape[1]),
             "png": encode_png(mask)}
-
-
-def read_rows(directory: str, ids, columns=None) -> dict[int, dict]:
-    """Rows of the shards under ``directory`` for ``ids`` (shards are sorted by image_id, so
-    Parquet statistics skip the shards that cannot hold them)."""
-    fs, path = open_fs(directory)
-    shards = list_shards(fs, path)
-    if not shards:
-        return {}
-    dataset = pads.dataset(shards, filesystem=fs, format="parquet")
-    table = dataset.to_table(columns=columns, filter=pads.field("image_id").isin(list(ids)))
-    return {r["image_id"]: r for r in table.to_pylist()}
 
 
 # ------------------------------------------------------------------ chunk processors
@@ -148,7 +124,7 @@ class _MaskProcessor:
                 errors.append((str(image_id), f"no map under {self.maps_dir}: run the extraction first"))
                 continue
             m = maps[image_id]
-            image = _image_at(images[image_id], int(m["height"]), int(m["width"]))
+            image = image_at(images[image_id], int(m["height"]), int(m["width"]))
             out.append(mask_row(image_id, self.mask_for(image, m)))
         fs, path = open_fs(self.output_dir)
         write_table_atomic(pa.Table.from_pylist(out, schema=MASKS_SCHEMA), fs, f"{path}/{chunk_name(chunk_id)}")
@@ -156,14 +132,6 @@ class _MaskProcessor:
 
     def mask_for(self, image: np.ndarray, map_row: dict) -> np.ndarray:
         raise NotImplementedError
-
-
-def _image_at(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The image at the size its maps were extracted at (the extraction may have resized)."""
-    if image.shape[:2] == (height, width):
-        return image
-    from PIL import Image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
 def _full_maps(map_row: dict) -> np.ndarray:
@@ -201,7 +169,7 @@ class WalkProcessor(_MaskProcessor):
         self.walk = walk
 
     def mask_for(self, image, map_row):
-        from wsss_ray.cams.training import normalise_image
+        from wsss_ray.data.augment import normalise_image
         x = torch.from_numpy(normalise_image(image, self.model_cfg.image_mean, self.model_cfg.image_std))
         boundary = infer_boundary(self.net, x.to(self.device)).cpu()
         maps = torch.from_numpy(decode_maps(map_row["data"], map_row["map_shape"]).copy())
@@ -224,7 +192,6 @@ class _Factory:
 
 def load_boundary_net(irn_dir: str):
     """(BoundaryNet on the classifier it was trained on, that classifier's ModelConfig)."""
-    from wsss_ray.models.checkpoint import load_classifier, load_state
     fs, path = open_fs(irn_dir)
     with fs.open_input_stream(f"{path}/model.json") as f:
         meta = json.loads(f.read().decode())
@@ -237,125 +204,71 @@ def load_boundary_net(irn_dir: str):
     return net, model_cfg
 
 
-def _boundary_batch(rows, idx, conf: dict, rng, cfg: RefineConfig, model_cfg, bad: set):
-    """Augmented images and their stride-4 confident labels for one step."""
-    from wsss_ray.models.segmentation import augment_pair, pad_batch
-    xs, ys = [], []
-    for i in idx:
-        row = rows[i]
-        if row["uri"] in bad or row["image_id"] not in conf:
-            continue
-        try:
-            image = load_rgb(row["uri"], max_side=cfg.max_side)
-        except ItemError:
-            bad.add(row["uri"])
-            continue
-        label = decode_png(conf[row["image_id"]])
-        image = _image_at(image, *label.shape)
-        # the classifier's rule: a random long side, here as a scale for the joint resize
-        scale = int(rng.integers(cfg.resize_long[0], cfg.resize_long[1] + 1)) / max(label.shape)
-        x, y, _ = augment_pair(image, label, rng, (scale, scale), cfg.crop_size, cfg.hflip,
-                               model_cfg.image_mean, model_cfg.image_std)
-        xs.append(x)
-        ys.append(y)
-    if not xs:                                # keep DDP in step: an all-ignore sample
-        side = max(cfg.crop_size, 16)
-        xs, ys = [np.zeros((3, side, side), np.float32)], [np.full((side, side), 255, np.uint8)]
-    x, y, _ = pad_batch(xs, ys)
-    return x, torch.from_numpy(np.stack([downsample_labels(label.numpy(), cfg.net_stride) for label in y]))
+@dataclass(frozen=True)
+class BoundaryTask(TrainTask):
+    """IRN's boundary (and displacement) head on the frozen classifier, trained with the
+    affinity loss from confident-label pairs."""
+    name: str
+    refine: RefineConfig
+    classifier: str                   # the classifier checkpoint directory
+    model: ModelConfig                # its config (normalisation)
+    conf_dir: str
+
+    @property
+    def seed(self) -> int:
+        return self.refine.seed
+
+    @property
+    def num_workers(self) -> int:
+        return self.refine.num_workers
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.refine.use_gpu
+
+    def items(self, run: RunDir) -> list[dict]:
+        return _manifest_subset(run, self.refine.limit)[1]
+
+    def schedule(self, num_items: int, world: int) -> Schedule:
+        return epoch_schedule(num_items, self.refine.batch_size, world, self.refine.epochs)
+
+    def batch_maker(self):
+        c = self.refine
+        # the classifier's rule: a random long side, applied as a scale to image and labels
+        return PairBatches(self.conf_dir, c.resize_long, c.crop_size, c.hflip, self.model.image_mean,
+                           self.model.image_std, c.seed, long_side=True, max_side=c.max_side)
+
+    def build(self):
+        classifier, _, _ = load_classifier(self.classifier)
+        net = BoundaryNet(classifier.backbone, stride=self.refine.net_stride)
+        c = self.refine
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer = (torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay) if c.optimizer == "adam"
+                     else torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+        for group in optimizer.param_groups:
+            group["initial_lr"] = c.lr
+        return net, optimizer
+
+    def loss(self, model, batch, world, device):
+        x = torch.as_tensor(batch["x"])
+        labels = np.asarray(batch["y"])
+        y = torch.from_numpy(np.stack([downsample_labels(label, self.refine.net_stride) for label in labels]))
+        boundary, displacement = model(x.to(device), with_displacement=True)
+        return irn_loss(boundary, displacement, y.to(device), self.refine.train_radius)
+
+    def save(self, last_epoch_dir, out_dir, meta):
+        classifier, _, _ = load_classifier(self.classifier)
+        net = BoundaryNet(classifier.backbone, stride=self.refine.net_stride)
+        net.load_state_dict(load_state(last_epoch_dir))
+        _save_head(net, {"classifier": self.classifier, "refine": to_dict(self.refine), **meta}, out_dir)
 
 
-def boundary_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
-    from wsss_ray.cams.training import poly_lr
-    from wsss_ray.models.checkpoint import load_classifier
-    from wsss_ray.models.checkpoint import keep_epoch, restore_epoch, save_epoch
-    from wsss_ray.stages.train import rank_indices, seed_everything
-
-    cfg = from_dict(RefineConfig, config["refine"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.seed)
-    classifier, model_cfg, _ = load_classifier(config["classifier"])
-    net = BoundaryNet(classifier.backbone, stride=cfg.net_stride)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
-                 else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
-    for group in optimizer.param_groups:
-        group["initial_lr"] = cfg.lr
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            start_epoch = restore_epoch(d, net, optimizer)
-    elif config.get("resume_dir"):
-        start_epoch = restore_epoch(config["resume_dir"], net, optimizer)
-    device = ray.train.torch.get_device()
-    net = ray.train.torch.prepare_model(net)
-    rows = config["rows"]
-    conf = {k: v["png"] for k, v in read_rows(config["conf_dir"], [r["image_id"] for r in rows],
-                                              ["image_id", "png"]).items()}
-    per_worker = max(1, cfg.batch_size // world)
-    steps = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // per_worker)
-    bad: set = set()
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        order = rank_indices(len(rows), epoch, cfg.seed, rank, world)
-        losses, start = [], time.perf_counter()
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["initial_lr"], epoch * steps + step, steps * cfg.epochs)
-            x, y = _boundary_batch(rows, order[step * per_worker:(step + 1) * per_worker], conf, rng, cfg,
-                                   model_cfg, bad)
-            boundary, displacement = net(x.to(device), with_displacement=True)
-            loss, parts = irn_loss(boundary, displacement, y.to(device), cfg.train_radius)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start,
-                   **{f"last_{k}": v for k, v in parts.items()}}
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_epoch(tmp, net, optimizer, epoch, metrics)
-                keep_epoch(config["epochs_dir"], net, optimizer, epoch, metrics)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-
-
-def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig, rows: list[dict],
-                   max_failures: int = 2) -> dict:
-    """Train (resume, or skip when finished) ``checkpoints/irn_<method>``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from wsss_ray.models.checkpoint import load_classifier
-    from wsss_ray.models.checkpoint import latest_epoch, load_state
-    from wsss_ray.stages.train import train_run_config
-
-    out_dir = run.checkpoint(f"irn_{method}")
-    if run.exists(join_uri(out_dir, "model.pt")):
-        return {"name": f"irn_{method}", "skipped": True}
-    epochs_dir = join_uri(out_dir, "epochs")
-    config = {"refine": to_dict(cfg), "rows": rows, "classifier": checkpoint, "conf_dir": run.uri("conf", method),
-              "epochs_dir": epochs_dir, "resume_dir": latest_epoch(epochs_dir)}
-    start = time.perf_counter()
-    trainer = TorchTrainer(
-        boundary_loop_per_worker, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
-        run_config=train_run_config(run, f"irn_{method}", max_failures))
-    result = trainer.fit()
-    classifier, _, _ = load_classifier(checkpoint)
-    net = BoundaryNet(classifier.backbone, stride=cfg.net_stride)
-    last = latest_epoch(epochs_dir)
-    net.load_state_dict(load_state(last))
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    metrics["fit_seconds"] = time.perf_counter() - start
-    _save_head(net, {"classifier": checkpoint, "refine": to_dict(cfg), "train_metrics": metrics}, out_dir)
-    return {"name": f"irn_{method}", "skipped": False, **metrics}
+def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig, max_failures: int = 2) -> dict:
+    """Train (resume, or skip when finished) ``checkpoints/irn_<method>`` on the first
+    ``cfg.limit`` labelled images that have confident labels."""
+    _, model_cfg, _ = load_classifier(checkpoint)
+    task = BoundaryTask(f"irn_{method}", cfg, checkpoint, model_cfg, run.uri("conf", method))
+    return fit(run, task, max_failures)
 
 
 def _save_head(net: BoundaryNet, meta: dict, directory: str) -> None:
@@ -473,7 +386,7 @@ def make_pseudo_masks(run_dir: str, method: str, cfg: RefineConfig = RefineConfi
             ConfProcessor, maps_dir=maps_dir, output_dir=run.uri("conf", method), conf_fg=conf_fg, conf_bg=conf_bg,
             crf=crf), f"conf_{method}", cfg, strict)
         log(f"boundary head for {method} (Ray Train, {cfg.num_workers} workers) ...")
-        info["train"] = train_boundary(run, method, checkpoint or run.uri("checkpoints", "cam"), cfg, rows)
+        info["train"] = train_boundary(run, method, checkpoint or run.uri("checkpoints", "cam"), cfg)
         bg_threshold = cfg.bg_threshold if cfg.bg_threshold >= 0 else float(seed.get("threshold", 0.25))
         info["bg_threshold"] = bg_threshold
         walk = WalkParams(cfg.walk_radius, cfg.beta, cfg.exp_times, bg_threshold, cfg.cam_power)

@@ -8,129 +8,87 @@ schema of ``masks/``) and ``eval/seg_<method>.json`` (the format of ``eval/<meth
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
+from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 
-from wsss_ray.config import from_dict, to_dict
-from wsss_ray.data.errors import ItemError
-from wsss_ray.data.images import absolute_root, load_mask, load_rgb
+from wsss_ray.config import to_dict
+from wsss_ray.data.images import absolute_root
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.models.segmentation import (SegConfig, augment_pair, build_seg_optimizer, build_segmenter,
-                                          load_segmenter, pad_batch, predict_mask, save_segmenter,
-                                          segmentation_loss)
+from wsss_ray.data.train_batches import PairBatches
+from wsss_ray.models.checkpoint import load_state
+from wsss_ray.models.segmentation import (SegConfig, build_seg_optimizer, build_segmenter, load_segmenter,
+                                          predict_mask, save_segmenter, segmentation_loss)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
-from wsss_ray.stages.refine import (MASKS_SCHEMA, _Factory, _image_at, _dataset_name, decode_png, evaluate_masks,
-                                    mask_row, read_rows)
-from wsss_ray.store import join_uri, open_fs, write_table_atomic
+from wsss_ray.stages.engine import Schedule, TrainTask, epoch_schedule, fit
+from wsss_ray.stages.refine import MASKS_SCHEMA, _dataset_name, _Factory, evaluate_masks, mask_row
+from wsss_ray.store import open_fs, read_rows, write_table_atomic
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-# ------------------------------------------------------------------ data
+# ------------------------------------------------------------------ training (the engine's task)
 
 
-def saliency_uri(saliency_dir: str, image_uri: str) -> str:
-    """``<saliency_dir>/<image stem>.png``: the layout saliency models (and InferCam) write."""
-    stem = image_uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return join_uri(saliency_dir, f"{stem}.png")
+@dataclass(frozen=True)
+class SegmentationTask(TrainTask):
+    """The segmentation net on pseudo masks (and, with a saliency dir, InferCam's
+    activation-aware saliency loss), for ``cfg.iterations`` steps of the global batch."""
+    name: str
+    seg: SegConfig
+    num_classes: int                  # with background
+    masks_dir: str
+    saliency_dir: str = ""
+    limit: int = 0
 
+    @property
+    def seed(self) -> int:
+        return self.seg.seed
 
-def load_saliency(saliency_dir: str, image_uri: str, height: int, width: int) -> np.ndarray:
-    """Foreground probability (H, W) in [0, 1] from an 8-bit grayscale PNG."""
-    from PIL import Image
-    sal = load_mask(saliency_uri(saliency_dir, image_uri))
-    if sal.shape != (height, width):
-        sal = np.asarray(Image.fromarray(sal).resize((width, height), Image.BILINEAR))
-    return sal.astype(np.float32) / 255.0
+    @property
+    def num_workers(self) -> int:
+        return self.seg.num_workers
 
+    @property
+    def use_gpu(self) -> bool:
+        return self.seg.use_gpu
 
-def seg_batch(rows, idx, masks: dict, rng, cfg: SegConfig, saliency_dir: str, bad: set):
-    """Augmented images, pseudo labels and (with a saliency dir) saliency for one step."""
-    xs, ys, ss = [], [], []
-    for i in idx:
-        row = rows[i]
-        if row["uri"] in bad or row["image_id"] not in masks:
-            continue
-        try:
-            label = decode_png(masks[row["image_id"]])
-            image = _image_at(load_rgb(row["uri"]), *label.shape)
-            sal = load_saliency(saliency_dir, row["uri"], *label.shape) if saliency_dir else None
-        except ItemError:
-            bad.add(row["uri"])          # unreadable image or no saliency map: skipped from now on
-            continue
-        x, y, s = augment_pair(image, label, rng, cfg.scale_range, cfg.crop_size, cfg.hflip,
-                               IMAGENET_MEAN, IMAGENET_STD, sal)
-        xs.append(x)
-        ys.append(y)
-        ss.append(s)
-    if not xs:                            # keep DDP in step: one all-ignore sample
-        side = max(cfg.crop_size, 16)
-        xs, ys = [np.zeros((3, side, side), np.float32)], [np.full((side, side), 255, np.uint8)]
-        ss = [np.zeros((side, side), np.float32)] if saliency_dir else [None]
-    return pad_batch(xs, ys, ss)
+    def items(self, run: RunDir) -> list[dict]:
+        rows = seg_rows(run, self.masks_dir, "train", self.limit)
+        if not rows:
+            raise FileNotFoundError(f"no pseudo masks under {self.masks_dir} for the training images: "
+                                    "run jobs/pseudo_masks.py")
+        return rows
 
+    def schedule(self, num_items: int, world: int) -> Schedule:
+        one_epoch = epoch_schedule(num_items, self.seg.batch_size, world, 1)
+        epochs = -(-self.seg.iterations // one_epoch.steps_per_epoch)
+        return dataclasses.replace(one_epoch, epochs=epochs, total_steps=self.seg.iterations,
+                                   poly_power=self.seg.poly_power)
 
-# ------------------------------------------------------------------ training (Ray Train)
+    def batch_maker(self):
+        c = self.seg
+        return PairBatches(self.masks_dir, c.scale_range, c.crop_size, c.hflip, IMAGENET_MEAN, IMAGENET_STD, c.seed,
+                           saliency_dir=self.saliency_dir)
 
+    def build(self):
+        model = build_segmenter(self.seg.arch, self.num_classes, self.seg.backbone_weights, "none", self.seg.freeze_bn)
+        return model, build_seg_optimizer(model, self.seg)
 
-def seg_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+    def loss(self, model, batch, world, device):
+        x, y = torch.as_tensor(batch["x"]), torch.as_tensor(batch["y"]).long()
+        sal = torch.as_tensor(batch["saliency"]).to(device) if "saliency" in batch else None
+        return segmentation_loss(model(x.to(device)), y.to(device), sal, self.seg.saliency_alpha)
 
-    from wsss_ray.cams.training import poly_lr
-    from wsss_ray.models.checkpoint import keep_epoch, restore_epoch, save_epoch
-    from wsss_ray.stages.train import rank_indices, seed_everything
-
-    cfg = from_dict(SegConfig, config["seg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.seed)
-    model = build_segmenter(cfg.arch, config["num_classes"], cfg.backbone_weights, "none", cfg.freeze_bn)
-    optimizer = build_seg_optimizer(model, cfg)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            start_epoch = restore_epoch(d, model, optimizer)
-    elif config.get("resume_dir"):
-        start_epoch = restore_epoch(config["resume_dir"], model, optimizer)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    rows = config["rows"]
-    masks = {k: v["png"] for k, v in read_rows(config["masks_dir"], [r["image_id"] for r in rows],
-                                               ["image_id", "png"]).items()}
-    per_worker = max(1, cfg.batch_size // world)          # batch_size is the global batch
-    steps = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // per_worker)
-    epochs = -(-cfg.iterations // steps)
-    bad: set = set()
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        order = rank_indices(len(rows), epoch, cfg.seed, rank, world)
-        losses, start = [], time.perf_counter()
-        for step in range(min(steps, cfg.iterations - epoch * steps)):
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["initial_lr"], epoch * steps + step, cfg.iterations, cfg.poly_power)
-            x, y, sal = seg_batch(rows, order[step * per_worker:(step + 1) * per_worker], masks, rng, cfg,
-                                  config["saliency_dir"], bad)
-            loss, _ = segmentation_loss(model(x.to(device)), y.to(device),
-                                        None if sal is None else sal.to(device), cfg.saliency_alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = {"epoch": epoch, "iterations_done": min((epoch + 1) * steps, cfg.iterations),
-                   "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start}
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_epoch(tmp, model, optimizer, epoch, metrics)
-                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+    def save(self, last_epoch_dir, out_dir, meta):
+        model = build_segmenter(self.seg.arch, self.num_classes, "none", "none", self.seg.freeze_bn)
+        model.load_state_dict(load_state(last_epoch_dir))
+        save_segmenter(model, {"seg": to_dict(self.seg), "num_classes": self.num_classes,
+                               "method": self.name.removeprefix("seg_"), "masks": self.masks_dir,
+                               "saliency_dir": self.saliency_dir, **meta}, out_dir)
 
 
 def seg_rows(run: RunDir, masks_dir: str, split: str | None = "train", limit: int = 0) -> list[dict]:
@@ -146,41 +104,11 @@ def seg_rows(run: RunDir, masks_dir: str, split: str | None = "train", limit: in
 def train_segmentation(run_dir: str, method: str, cfg: SegConfig, saliency_dir: str = "", masks_name: str = "",
                        limit: int = 0, max_failures: int = 2) -> dict:
     """Train (resume, or skip when finished) ``checkpoints/seg_<method>`` on ``masks/<masks_name or method>``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from wsss_ray.models.checkpoint import latest_epoch, load_state
-    from wsss_ray.stages.train import train_run_config
-
     run = RunDir(absolute_root(run_dir))
-    out_dir = run.checkpoint(f"seg_{method}")
-    if run.exists(join_uri(out_dir, "model.pt")):
-        return {"name": f"seg_{method}", "skipped": True}
-    masks_dir = run.uri("masks", masks_name or method)
-    rows = seg_rows(run, masks_dir, "train", limit)
-    if not rows:
-        raise FileNotFoundError(f"no pseudo masks under {masks_dir} for the training images: run jobs/pseudo_masks.py")
     _, classes = read_manifest(run.manifest())
-    epochs_dir = join_uri(out_dir, "epochs")
-    config = {"seg": to_dict(cfg), "rows": rows, "masks_dir": masks_dir, "num_classes": classes.num_classes + 1,
-              "saliency_dir": absolute_root(saliency_dir) if saliency_dir else "", "epochs_dir": epochs_dir,
-              "resume_dir": latest_epoch(epochs_dir)}
-    start = time.perf_counter()
-    trainer = TorchTrainer(
-        seg_loop_per_worker, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
-        run_config=train_run_config(run, f"seg_{method}", max_failures))
-    result = trainer.fit()
-    model = build_segmenter(cfg.arch, classes.num_classes + 1, "none", "none", cfg.freeze_bn)
-    last = latest_epoch(epochs_dir)
-    model.load_state_dict(load_state(last))
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    metrics["fit_seconds"] = time.perf_counter() - start
-    save_segmenter(model, {"seg": to_dict(cfg), "num_classes": classes.num_classes + 1, "method": method,
-                           "masks": masks_dir, "saliency_dir": config["saliency_dir"], "images": len(rows),
-                           "train_metrics": metrics}, out_dir)
-    return {"name": f"seg_{method}", "skipped": False, "images": len(rows), **metrics}
+    task = SegmentationTask(f"seg_{method}", cfg, classes.num_classes + 1, run.uri("masks", masks_name or method),
+                            absolute_root(saliency_dir) if saliency_dir else "", limit)
+    return fit(run, task, max_failures)
 
 
 # ------------------------------------------------------------------ inference + evaluation
@@ -190,7 +118,7 @@ class SegPredictProcessor:
     """Loads the segmenter once per actor; writes the chunk's predicted masks."""
 
     def __init__(self, model_dir: str, output_dir: str, scales: tuple, flip: bool, use_gpu: bool, crf: bool = False):
-        from wsss_ray.cams.training import normalise_image
+        from wsss_ray.data.augment import normalise_image
         from wsss_ray.stages.extract import pick_device
         self.device = pick_device(use_gpu)
         self.model, _ = load_segmenter(model_dir)

@@ -1,39 +1,27 @@
-"""Classifier training on Ray Train (TorchTrainer + DDP: gloo on CPU, nccl on GPU).
+"""The classifier's training task (CAM: BCE; ReCAM: BCE + lambda * SCE, continuing from the
+CAM checkpoint) on the one engine (stages/engine.py): Ray Train, TorchTrainer + DDP (gloo on
+CPU, nccl on GPU), batches made in Ray Data.
 
-The BCE classifier (CAM) and ReCAM (BCE + lambda * SCE, continuing from the CAM
-checkpoint) share this loop. Each epoch rank 0 writes ``checkpoints/<name>/epoch-NNN/``
-(model, optimiser, epoch) and reports it to Ray Train; a worker failure resumes from
-Ray's latest checkpoint, a rerun of the job from the latest complete epoch directory,
-and a finished run (``checkpoints/<name>/model.pt``) is skipped.
+A frozen backbone without random resize or crop trains as a linear probe: one pass computes
+every image's pooled features, the epochs train the head on them.
 """
 from __future__ import annotations
 
-import json
-import tempfile
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from wsss_ray.cams.recam import sce_loss_terms
-from wsss_ray.cams.training import augment, labels_to_targets, multilabel_soft_margin, poly_lr
-from wsss_ray.config import ModelConfig, TrainConfig, from_dict, to_dict
-from wsss_ray.data.errors import ItemError
-from wsss_ray.data.images import load_rgb
+from wsss_ray.cams.training import labels_to_targets, multilabel_soft_margin
+from wsss_ray.config import ModelConfig, TrainConfig, to_dict
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.models.checkpoint import (keep_epoch, latest_epoch, load_state, restore_epoch, save_classifier,
-                                         save_epoch)
+from wsss_ray.data.train_batches import ClassifierBatches, ProbeImages
+from wsss_ray.models.checkpoint import load_state, save_classifier
 from wsss_ray.models.classifier import build_classifier
 from wsss_ray.rundir import RunDir
-from wsss_ray.store import join_uri
-
-
-def seed_everything(seed: int) -> None:
-    import random
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from wsss_ray.stages.engine import Schedule, TrainTask, epoch_schedule, fit, item_fields, rank_indices
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -46,15 +34,6 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(param_groups, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(param_groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def rank_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
-    """This rank's sample order for an epoch: one seeded permutation, dealt round-robin and
-    wrapped so every rank runs the same number of steps (DDP needs it)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    per_rank = -(-n // world)
-    order = np.resize(order, per_rank * world)
-    return order[rank::world]
 
 
 def classifier_loss(model, images, targets, cfg: TrainConfig, world: int,
@@ -77,27 +56,6 @@ def classifier_loss(model, images, targets, cfg: TrainConfig, world: int,
     return bce + cfg.recam_lambda * sce, parts
 
 
-def load_batch(rows, idx, rng, cfg: TrainConfig, model_cfg: ModelConfig, bad: set):
-    images, labels = [], []
-    for i in idx:
-        row = rows[i]
-        if row["uri"] in bad:
-            continue
-        try:
-            image = load_rgb(row["uri"])
-        except ItemError:
-            bad.add(row["uri"])          # the manifest stage already recorded why
-            continue
-        images.append(augment(image, rng, cfg.resize_long, cfg.crop_size, cfg.hflip,
-                              model_cfg.image_mean, model_cfg.image_std))
-        labels.append(row["labels"])
-    return images, labels
-
-
-def core_of(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def probe_mode(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
     """A frozen backbone without random resize or crop: GAP features are fixed per (image,
     flip), so the linear probe trains on them directly (exact, and epochs cost nothing)."""
@@ -105,19 +63,19 @@ def probe_mode(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
             and cfg.recam_lambda <= 0)
 
 
-def probe_features(model, rows, cfg: TrainConfig, model_cfg: ModelConfig, rank: int, world: int, device):
-    """Pooled features (N, flips, D) of every row: each rank computes its share, then all gather."""
-    from wsss_ray.cams.training import normalise_image, resize_long_side
+def probe_features(stream, model, rank: int, world: int, device, hflip: bool) -> dict:
+    """Pooled features (flips, D) and class ids of every image: each rank computes its share
+    of the probe pass, then all ranks gather everything."""
     mine = {}
     with torch.no_grad():
-        for i in range(rank, len(rows), world):
-            try:
-                image = resize_long_side(load_rgb(rows[i]["uri"]), cfg.resize_long[0])
-            except ItemError:
-                continue
-            x = torch.from_numpy(normalise_image(image, model_cfg.image_mean, model_cfg.image_std))[None].to(device)
-            views = [x, x.flip(-1)] if cfg.hflip else [x]
-            mine[i] = torch.cat([model.features(v).mean((2, 3)) for v in views]).cpu()
+        for row in stream:
+            x = torch.from_numpy(np.asarray(row["x"], np.float32))
+            if x.numel() == 0:
+                continue                                  # unreadable: left out
+            x = x[None].to(device)
+            views = [x, x.flip(-1)] if hflip else [x]
+            mine[int(row["index"])] = (torch.cat([model.features(v).mean((2, 3)) for v in views]).cpu(),
+                                       [int(c) for c in row["y"]])
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, mine)
@@ -125,86 +83,102 @@ def probe_features(model, rows, cfg: TrainConfig, model_cfg: ModelConfig, rank: 
     return mine
 
 
-def probe_batch(probe: dict, rows, idx, rng, hflip: bool):
-    """(B, D, 1, 1) cached pooled features (a random flip view each) and their labels."""
-    keep = [i for i in idx if i in probe]
-    if not keep:            # keep DDP in step
-        keep = [next(iter(probe))]
-    views = [probe[i][int(rng.integers(0, probe[i].shape[0]))] for i in keep]
-    return torch.stack(views)[:, :, None, None], [rows[i]["labels"] for i in keep]
+def probe_batches(probe: dict, num_items: int, schedule: Schedule, seed: int, rank: int, world: int,
+                  start_epoch: int, num_classes: int):
+    """Each step's (B, D, 1, 1) cached pooled features (a random flip view each) and targets."""
+    for epoch in range(start_epoch, schedule.epochs):
+        rng = np.random.default_rng([seed, epoch, rank])
+        order = rank_indices(num_items, epoch, seed, rank, world)
+        for step in range(schedule.steps_in(epoch)):
+            keep = [int(i) for i in order[step * schedule.per_worker:(step + 1) * schedule.per_worker] if i in probe]
+            if not keep:            # keep DDP in step
+                keep = [next(iter(probe))]
+            views = [probe[i][0][int(rng.integers(0, probe[i][0].shape[0]))] for i in keep]
+            yield {"x": torch.stack(views)[:, :, None, None],
+                   "y": labels_to_targets([probe[i][1] for i in keep], num_classes), "from_features": True}
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+@dataclass(frozen=True)
+class ClassifierTask(TrainTask):
+    """The multi-label classifier: BCE (CAM), or BCE + lambda * SCE continuing from the CAM
+    checkpoint (ReCAM)."""
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    num_classes: int
+    init_from: str = ""
+    split: str | None = None
 
-    cfg = from_dict(TrainConfig, config["train"])
-    model_cfg = from_dict(ModelConfig, config["model"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.seed)
-    model = build_classifier(model_cfg.backbone, model_cfg.weights, config["num_classes"], model_cfg.freeze_backbone,
-                             model_cfg.input_norm)
-    if config.get("init_from"):
-        model.load_state_dict(load_state(config["init_from"]))
-    if cfg.recam_lambda <= 0:
-        # BCE never touches FC2; DDP (find_unused_parameters off) needs every trainable param used
-        model.fc2.requires_grad_(False)
-    optimizer = build_optimizer(model, cfg)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            start_epoch = restore_epoch(d, model, optimizer)
-    elif config.get("resume_dir"):
-        start_epoch = restore_epoch(config["resume_dir"], model, optimizer)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    rows = config["rows"]
-    per_worker = max(1, cfg.batch_size // world)          # batch_size is the global batch, as the authors'
-    probe = probe_features(core_of(model), rows, cfg, model_cfg, rank, world, device) if probe_mode(cfg, model_cfg) else None
-    steps_per_epoch = -(-len(rank_indices(len(rows), 0, cfg.seed, rank, world)) // per_worker)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    bad: set = set()
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        order = rank_indices(len(rows), epoch, cfg.seed, rank, world)
-        losses, start = [], time.perf_counter()
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["initial_lr"], global_step, total_steps, cfg.poly_power)
-            idx = order[step * per_worker:(step + 1) * per_worker]
-            if probe is not None:
-                x, labels = probe_batch(probe, rows, idx, rng, cfg.hflip)
-            else:
-                images, labels = load_batch(rows, idx, rng, cfg, model_cfg, bad)
-                if not images:          # keep DDP in step: a zero-loss step still all-reduces
-                    images, labels = [np.zeros((3, cfg.crop_size, cfg.crop_size), np.float32)], [[]]
-                x = torch.from_numpy(np.stack(images))
-            y = labels_to_targets(labels, config["num_classes"]).to(device)
-            loss, parts = classifier_loss(model, x.to(device), y, cfg, world, from_features=probe is not None)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_seconds": time.perf_counter() - start,
-                   "images_per_second": len(order) / max(time.perf_counter() - start, 1e-9)}
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_epoch(tmp, model, optimizer, epoch, metrics)
-                keep_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, cfg.keep_epochs)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+    @property
+    def seed(self) -> int:
+        return self.train.seed
 
+    @property
+    def num_workers(self) -> int:
+        return self.train.num_workers
 
-def train_run_config(run: RunDir, name: str, max_failures: int):
-    """Ray Train's RunConfig for every trainer of a run: storage under ``ray_train`` (local
-    or URI), restarts after worker failures, and only the last two Ray checkpoints kept."""
-    import ray.train
-    return ray.train.RunConfig(name=name, **run.ray_storage("ray_train"),
-                               failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    @property
+    def use_gpu(self) -> bool:
+        return self.train.use_gpu
+
+    @property
+    def keep_epochs(self) -> int:
+        return self.train.keep_epochs
+
+    @property
+    def probe(self) -> bool:
+        return probe_mode(self.train, self.model)
+
+    def items(self, run: RunDir) -> list[dict]:
+        rows, _ = training_rows(run, self.split)
+        if not rows:
+            raise ValueError("no labelled images in the manifest: nothing to train on")
+        return rows
+
+    def schedule(self, num_items: int, world: int) -> Schedule:
+        return epoch_schedule(num_items, self.train.batch_size, world, self.train.epochs, self.train.poly_power)
+
+    def plan(self, items, schedule, rank, world, start_epoch):
+        if not self.probe:
+            return super().plan(items, schedule, rank, world, start_epoch)
+        # the probe's one pass: each image once, this rank's share (the epochs use cached features)
+        return [{"epoch": 0, "step": 0, **item_fields(items, [i])} for i in range(rank, len(items), world)]
+
+    def batch_maker(self):
+        m, t = self.model, self.train
+        if self.probe:
+            return ProbeImages(t.resize_long[0], m.image_mean, m.image_std)
+        return ClassifierBatches(self.num_classes, t.resize_long, t.crop_size, t.hflip, m.image_mean, m.image_std,
+                                 t.seed)
+
+    def build(self):
+        model = build_classifier(self.model.backbone, self.model.weights, self.num_classes,
+                                 self.model.freeze_backbone, self.model.input_norm)
+        if self.init_from:
+            model.load_state_dict(load_state(self.init_from))
+        if self.train.recam_lambda <= 0:
+            # BCE never touches FC2; DDP (find_unused_parameters off) needs every trainable param used
+            model.fc2.requires_grad_(False)
+        return model, build_optimizer(model, self.train)
+
+    def batches(self, shard, start_epoch, model, schedule, rank, world, device):
+        if not self.probe:
+            return super().batches(shard, start_epoch, model, schedule, rank, world, device)
+        rows = shard.iter_rows()
+        probe = probe_features(rows, model, rank, world, device, self.train.hflip)
+        return probe_batches(probe, schedule.num_items, schedule, self.seed, rank, world, start_epoch, self.num_classes)
+
+    def loss(self, model, batch, world, device):
+        x, y = torch.as_tensor(batch["x"]), torch.as_tensor(batch["y"])
+        return classifier_loss(model, x.to(device), y.to(device), self.train, world,
+                               from_features=bool(batch.get("from_features", False)))
+
+    def save(self, last_epoch_dir, out_dir, meta):
+        model = build_classifier(self.model.backbone, "none", self.num_classes, self.model.freeze_backbone,
+                                 self.model.input_norm)
+        model.load_state_dict(load_state(last_epoch_dir))
+        save_classifier(model, self.model, self.num_classes, out_dir,
+                        extra={"train": to_dict(self.train), "train_metrics": meta["train_metrics"]})
 
 
 def training_rows(run: RunDir, split: str | None = None) -> tuple[list[dict], int]:
@@ -217,30 +191,6 @@ def training_rows(run: RunDir, split: str | None = None) -> tuple[list[dict], in
 def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainConfig,
                      init_from: str = "", split: str | None = None, max_failures: int = 2) -> dict:
     """Train (or resume, or skip when finished) ``checkpoints/<name>``; returns its metrics."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    out_dir = run.checkpoint(name)
-    if run.exists(join_uri(out_dir, "model.pt")):
-        return {"name": name, "skipped": True, **json.loads(run.read_text(join_uri(out_dir, "model.json"))).get("train_metrics", {})}
-    rows, num_classes = training_rows(run, split)
-    if not rows:
-        raise ValueError("no labelled images in the manifest: nothing to train on")
-    epochs_dir = join_uri(out_dir, "epochs")        # local path or URI: every worker reaches it
-    config = {"train": to_dict(cfg), "model": to_dict(model_cfg), "num_classes": num_classes, "rows": rows,
-              "init_from": init_from, "resume_dir": latest_epoch(epochs_dir), "epochs_dir": epochs_dir}
-    start = time.perf_counter()
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
-        run_config=train_run_config(run, name, max_failures))
-    result = trainer.fit()
-    seconds = time.perf_counter() - start
-    last = latest_epoch(epochs_dir)
-    model = build_classifier(model_cfg.backbone, "none", num_classes, model_cfg.freeze_backbone, model_cfg.input_norm)
-    model.load_state_dict(load_state(last))
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    metrics["fit_seconds"] = seconds
-    save_classifier(model, model_cfg, num_classes, out_dir, extra={"train": to_dict(cfg), "train_metrics": metrics})
-    return {"name": name, "skipped": False, **metrics}
+    _, classes = read_manifest(run.manifest())
+    task = ClassifierTask(name, model_cfg, cfg, classes.num_classes, init_from, split)
+    return fit(run, task, max_failures)
