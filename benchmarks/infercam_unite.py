@@ -36,7 +36,8 @@ import argparse
 import time
 
 from _common import measured, show
-from wsss_ray.cli import parse_infercam, parse_scales
+from wsss_ray.cli import parse_options, parse_scales
+from wsss_ray.config import InferCamConfig, to_dict
 from wsss_ray.config import EvalConfig
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.rundir import RunDir
@@ -118,7 +119,7 @@ def extra_variants(specs) -> dict:
         name, sep, options = spec.partition(":")
         if not sep or not name.isidentifier():
             raise SystemExit(f"--variant: {spec!r} is not NAME:KEY=VALUE,...")
-        out[f"infercam_{name}"] = {"split": True, "iterate": True, **parse_infercam(options)}
+        out[f"infercam_{name}"] = to_dict(parse_options(options, InferCamConfig, "--variant"))
     return out
 
 

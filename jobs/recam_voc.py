@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
 
-from wsss_ray.config import DatasetConfig, ModelConfig, PRESETS, TrainConfig  # noqa: E402
+from wsss_ray.config import DatasetConfig, ModelConfig, TrainConfig  # noqa: E402
 from wsss_ray.stages.pipeline import DEMO_BACKBONES, demo_config, run_pipeline  # noqa: E402
 
 
@@ -20,7 +20,7 @@ def voc_config(args):
     cfg = demo_config(args.run_dir, quick=False, methods=("cam", "recam"))
     train = TrainConfig(epochs=5, batch_size=16, num_workers=args.num_workers or 2, use_gpu=args.gpu)
     recam = dataclasses.replace(train, epochs=4, lr_backbone=5e-5, lr_head=5e-5, lr_fc2=5e-4,
-                                recam_lambda=PRESETS["voc"].recam_lambda)
+                                recam_lambda=1.0)   # ReCAM's VOC setting
     return dataclasses.replace(
         cfg, dataset=DatasetConfig(kind="voc", root=args.voc_root, split=args.split),
         model=ModelConfig(backbone=args.backbone, weights=args.weights), train=train, recam_train=recam,

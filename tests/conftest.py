@@ -30,11 +30,12 @@ def ray_session():
 @pytest.fixture(scope="session")
 def quick_run(ray_session, tmp_path_factory):
     """The --quick demo flow with every method, run once for the session."""
+    from wsss_ray.config import AdvCamConfig
     from wsss_ray.stages.pipeline import demo_config, run_pipeline
     run_dir = str(tmp_path_factory.mktemp("quick_run"))
     cfg = demo_config(run_dir, quick=True, methods=("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam"))
     # AdvCAM's 27 climbing steps cost ~95x CAM; two steps exercise the same stage wiring
-    cfg = dataclasses.replace(cfg, advcam={"steps": 2})
+    cfg = dataclasses.replace(cfg, advcam=AdvCamConfig(steps=2), recam_all_weights=True, infercam_ablation=True)
     summary = run_pipeline(cfg)
     return run_dir, cfg, summary
 

@@ -74,3 +74,21 @@ def test_recam_job_runs_the_demo_world_on_the_imagenet_backbone_by_default():
     assert job.build_config(job.parse_args(["--demo-backbone", "tiny"])).model.backbone == "tiny"
     voc = job.build_config(job.parse_args(["--voc-root", "/data/VOC2012"]))
     assert (voc.dataset.kind, voc.model.backbone, voc.recam_train.recam_lambda) == ("voc", "resnet50", 1.0)
+
+
+def test_the_job_extracts_the_chosen_recam_weight_and_infercam_only_unless_asked_for_more():
+    from wsss_ray.config import InferCamConfig
+    from wsss_ray.stages.pipeline import infercam_variants, recam_weights
+    cfg = parse(["--methods", "cam,recam,infercam"])
+    assert recam_weights(cfg) == {"recam": "w*w'"}
+    assert infercam_variants(cfg) == {"infercam": InferCamConfig()}
+    cfg = parse(["--methods", "cam,recam,infercam", "--recam-weight", "w'", "--recam-all-weights",
+                 "--infercam-ablation", "--infercam", "erase=union"])
+    assert recam_weights(cfg) == {"recam": "w'", "recam_w": "w", "recam_wsum": "w+w'", "recam_wprod": "w*w'"}
+    variants = infercam_variants(cfg)
+    assert set(variants) == {"infercam", "infercam_split", "infercam_iter"}
+    assert (variants["infercam_split"].split, variants["infercam_split"].iterate) == (True, False)
+    assert (variants["infercam_iter"].split, variants["infercam_iter"].iterate) == (False, True)
+    assert all(v.erase == "union" for v in variants.values())          # the ablation keeps the options
+    with pytest.raises(ValueError, match="recam_weight 'w2'"):
+        dataclasses.replace(cfg, recam_weight="w2")

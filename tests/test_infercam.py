@@ -477,13 +477,16 @@ def test_union_by_patch_merges_the_masks_of_copies_on_one_patch():
 def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
     import argparse
 
-    from wsss_ray.cli import add_pipeline_args, config_from_args, parse_infercam
-    assert parse_infercam("erase=union, three_plus=none,max_rounds=3,stop_fraction=0.05,iterate=false") == \
-        {"erase": "union", "three_plus": "none", "max_rounds": 3, "stop_fraction": 0.05, "iterate": False}
-    assert parse_infercam("") == {}
-    assert parse_infercam("erase_scales=1.0/0.5") == {"erase_scales": (1.0, 0.5)}
-    assert parse_infercam("erase_flip=false,buffer_one=112") == {"erase_flip": False, "buffer_one": 112}
-    assert parse_infercam("buffer_side=0.25") == {"buffer_side": 0.25}
+    from wsss_ray.cli import add_pipeline_args, config_from_args, parse_options
+
+    def parse(text):
+        return parse_options(text, InferCamConfig, "--infercam")
+    assert parse("erase=union, three_plus=none,max_rounds=3,stop_fraction=0.05,iterate=false") == \
+        InferCamConfig(erase="union", three_plus="none", max_rounds=3, stop_fraction=0.05, iterate=False)
+    assert parse("") == InferCamConfig()
+    assert parse("erase_scales=1.0/0.5").erase_scales == (1.0, 0.5)
+    assert parse("erase_flip=false,buffer_one=112") == InferCamConfig(erase_flip=False, buffer_one=112)
+    assert parse("buffer_side=0.25").buffer_side == 0.25
     for bad, says in [("erase=both", "erase must be"), ("rounds=3", "'rounds=3' is not KEY=VALUE"),
                       ("max_rounds=x", "max_rounds=.x. is not a valid int"),
                       ("split=maybe", "split=.maybe. is not a valid bool"),
@@ -491,8 +494,13 @@ def test_infercam_flag_is_typed_and_bad_options_stop_the_job_naming_them():
                       ("erase_scales=0", "erase_scales must be positive"), ("unite", "'unite' is not KEY=VALUE"),
                       ("buffer_side=2", "buffer_side must be a fraction")]:
         with pytest.raises(SystemExit, match=says):
-            parse_infercam(bad)
+            parse(bad)
     parser = argparse.ArgumentParser()
     add_pipeline_args(parser, "cam")
     cfg = config_from_args(parser.parse_args(["--methods", "cam,infercam", "--infercam", "erase=union"]))
-    assert cfg.infercam == {"erase": "union"}
+    assert cfg.infercam == InferCamConfig(erase="union") and cfg.infercam_ablation is False
+    cfg = config_from_args(parser.parse_args(["--methods", "cam,advcam", "--advcam", "steps=3,mu=5",
+                                              "--infercam-ablation", "--recam-weight", "w'"]))
+    assert cfg.advcam.steps == 3 and cfg.advcam.mu == 5.0 and cfg.infercam_ablation and cfg.recam_weight == "w'"
+    with pytest.raises(SystemExit, match="--advcam: 'climb=3' is not KEY=VALUE"):
+        config_from_args(parser.parse_args(["--advcam", "climb=3"]))

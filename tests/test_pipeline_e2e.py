@@ -24,7 +24,7 @@ def shard_bytes(directory: Path) -> dict[str, bytes]:
 
 def test_eval_json_has_the_contract(quick_run):
     run_dir, cfg, _ = quick_run
-    for method in ("cam", "lpcam", "lpcam_f", "recam", "recam_w", "recam_wp", "recam_wsum", "recam_wprod",
+    for method in ("cam", "lpcam", "lpcam_f", "recam", "recam_w", "recam_wp", "recam_wsum",
                    "infercam", "infercam_split", "infercam_iter", "advcam", "recam_advcam"):
         res = json.loads(Path(run_dir, "eval", f"{method}.json").read_text())
         assert res["dataset"] == "demo" and res["num_images"] == 96, method
@@ -183,7 +183,7 @@ def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run, tmp_path)
     assert "baseline" not in recipes["infercam_iter"]
     split = map_recipe("infercam", ckpt, {"split": True}, "", cfg.cam)
     assert usable_baseline(run, "cam", split) == "cam"
-    assert usable_baseline(run, "recam_wprod", split) == ""                  # ReCAM checkpoint
+    assert usable_baseline(run, "recam", split) == ""                  # ReCAM checkpoint
     assert usable_baseline(run, "cam", map_recipe("infercam", ckpt, {"variant": "w'"}, "", cfg.cam)) == ""
     with pytest.raises(ValueError, match="takes no baseline"):
         usable_baseline(run, "cam", map_recipe("lpcam", ckpt, {}, "", cfg.cam))

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import sys
 
-from wsss_ray.stages.pipeline import ALL_METHODS, DEMO_BACKBONES, PipelineConfig, coco_config, demo_config
+from wsss_ray.config import AdvCamConfig, InferCamConfig
+from wsss_ray.stages.pipeline import (ALL_METHODS, DEMO_BACKBONES, RECAM_WEIGHTS, PipelineConfig, coco_config,
+                                      demo_config)
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
@@ -36,6 +38,14 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--infercam", default="", metavar="KEY=VALUE,...",
                    help="InferCamConfig options for --methods infercam, e.g. erase=union,three_plus=none "
                         "(the authors' code), unite=scaled,max_rounds=3 or erase_scales=1.0 (erased rounds at one scale)")
+    p.add_argument("--infercam-ablation", action="store_true",
+                   help="also extract split-only (infercam_split) and iterate-only (infercam_iter) InferCam")
+    p.add_argument("--advcam", default="", metavar="KEY=VALUE,...",
+                   help="AdvCamConfig options for --methods advcam, e.g. steps=8,mu=7.0")
+    p.add_argument("--recam-weight", default="w*w'", choices=list(RECAM_WEIGHTS),
+                   help="the class weight of ReCAM's maps (the paper's w*w' by default)")
+    p.add_argument("--recam-all-weights", action="store_true",
+                   help="also extract ReCAM's other weights (maps recam_w, recam_wp, recam_wsum, recam_wprod)")
 
 
 def parse_bool(value: str) -> bool:
@@ -50,26 +60,24 @@ def parse_scales(value: str) -> tuple:
     return tuple(float(v) for v in value.split("/") if v)
 
 
-def parse_infercam(text: str) -> dict:
-    """``"erase=union,max_rounds=3"`` -> {"erase": "union", "max_rounds": 3}, typed and checked
-    against InferCamConfig (a bad key or value stops the job before any work)."""
-    from wsss_ray.cams.infercam import InferCamConfig
-    kinds = {f.name: f.type for f in dataclasses.fields(InferCamConfig)}
+def parse_options(text: str, cls, flag: str):
+    """``"erase=union,max_rounds=3"`` -> ``cls(erase="union", max_rounds=3)``, each value typed
+    by the dataclass field it sets (a bad key or value stops the job before any work)."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
     out = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in kinds:
-            raise SystemExit(f"--infercam: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
+            raise SystemExit(f"{flag}: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
         kind = kinds[key]
         try:
             out[key] = {"bool": parse_bool, "int": int, "float": float, "tuple": parse_scales}.get(kind, str)(value)
         except ValueError:
-            raise SystemExit(f"--infercam: {key}={value!r} is not a valid {kind}") from None
+            raise SystemExit(f"{flag}: {key}={value!r} is not a valid {kind}") from None
     try:
-        InferCamConfig(**out)
+        return cls(**out)
     except ValueError as e:
-        raise SystemExit(f"--infercam: {e}") from None
-    return out
+        raise SystemExit(f"{flag}: {e}") from None
 
 
 def config_from_args(args) -> PipelineConfig:
@@ -96,7 +104,10 @@ def config_from_args(args) -> PipelineConfig:
     segment = tuple(m for m in args.segment.split(",") if m)
     return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict,
                                segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu,
-                               infercam=parse_infercam(getattr(args, "infercam", "")))
+                               infercam=parse_options(args.infercam, InferCamConfig, "--infercam"),
+                               infercam_ablation=args.infercam_ablation,
+                               advcam=parse_options(args.advcam, AdvCamConfig, "--advcam"),
+                               recam_weight=args.recam_weight, recam_all_weights=args.recam_all_weights)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Typed configuration for every stage, plus dataset presets.
+"""Typed configuration for every stage and method.
 
 Configs are plain frozen dataclasses: they serialise to JSON (``to_dict``) so each
 artifact can record the configuration that made it, and they travel to Ray workers
@@ -105,6 +105,60 @@ class LPCAMConfig:
     fg_only: bool = False             # LPCAM-F
 
 
+# InferCam (WACV 2022): split & unite, iterate-and-erase. Defaults are the paper's procedure.
+@dataclass(frozen=True)
+class InferCamConfig:
+    split: bool = True
+    iterate: bool = True
+    erase_threshold: float = 0.7
+    stop_fraction: float = 0.02   # code 2%, paper 1%
+    max_rounds: int = 5           # inferences per copy, the un-erased first one included
+    buffer_one: int = 10          # px past the centre lines, one centre per split
+    buffer_two: int = 20          # px around the two-class rectangle
+    three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
+    max_batch: int = 16           # inputs per features_fn call (before flipping); bounds GPU memory
+    bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
+    unite: str = "per_patch"      # "per_patch" (paper, code): each patch's map peaks at 1 before pasting;
+                                  # "scaled": times the patch's raw first-round peak (normalised once, after)
+    erase: str = "per_class"      # "per_class" (paper: class-conditional, one mask per class);
+                                  # "union" (authors' code): one mask per patch, over all the image's classes
+    erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
+                                  # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
+    erase_flip: bool = True       # flipped inputs in the erased rounds too (paper, code); False: a cost lever
+    buffer_side: float = 0.0      # > 0: both buffers are this fraction of the image's height (vertically) and
+                                  # width (horizontally), replacing the px buffers; not the paper's. Absolute px
+                                  # do not carry across image sizes: 0.25 is what helped coco_tiny and the demo
+
+    def __post_init__(self):
+        if self.unite not in ("per_patch", "scaled"):
+            raise ValueError(f"unite must be 'per_patch' or 'scaled', got {self.unite!r}")
+        if self.erase not in ("per_class", "union"):
+            raise ValueError(f"erase must be 'per_class' or 'union', got {self.erase!r}")
+        if self.three_plus not in ("per_class", "none"):
+            raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
+        if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
+            raise ValueError("max_rounds and max_batch must be >= 1, bucket_px >= 0")
+        object.__setattr__(self, "erase_scales", tuple(float(s) for s in self.erase_scales))  # JSON gives lists
+        if any(s <= 0 for s in self.erase_scales):
+            raise ValueError(f"erase_scales must be positive, got {self.erase_scales}")
+        if not 0 <= self.buffer_side <= 1:
+            raise ValueError(f"buffer_side must be a fraction in [0, 1], got {self.buffer_side}")
+
+
+# AdvCAM (CVPR 2021): adversarial climbing. Defaults are the authors' VOC settings.
+@dataclass(frozen=True)
+class AdvCamConfig:
+    steps: int = 27             # climbing steps per copy (T); maps of x_0..x_T are summed
+    step_size: float = 0.08     # xi
+    mu: float = 7.0             # regulariser weight
+    mask_threshold: float = 0.5  # M: fraction of the current map's max
+    max_batch: int = 16         # copies (flip copies included) per forward/backward; bounds memory
+
+    def __post_init__(self):
+        if self.steps < 0 or self.max_batch < 1:
+            raise ValueError("steps must be >= 0 and max_batch >= 1")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     thresholds: tuple = tuple(round(0.05 * i, 2) for i in range(1, 20))     # 0.05 .. 0.95
@@ -123,30 +177,6 @@ class DatasetConfig:
     masks_dir: str = ""               # folder datasets: optional GT masks
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Method hyperparameters the papers publish per dataset."""
-    name: str
-    cam_threshold: float
-    recam_threshold: float
-    recam_lambda: float
-    lpcam: LPCAMConfig
-    conf_fg_bg: dict = field(default_factory=dict)
-
-
-PRESETS = {
-    "voc": Preset("voc", cam_threshold=0.15, recam_threshold=0.21, recam_lambda=1.0,
-                  lpcam=LPCAMConfig(tau=0.1, k=12, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9,
-                                    images_per_class=0),
-                  conf_fg_bg={"cam": (0.30, 0.05), "recam": (0.35, 0.10), "lpcam": (0.45, 0.25)}),
-    "coco": Preset("coco", cam_threshold=0.15, recam_threshold=0.15, recam_lambda=0.1,
-                   lpcam=LPCAMConfig(tau=0.25, k=20, mu_f=0.9, mu_b_low=0.0, mu_b_high=0.5,
-                                     images_per_class=100),
-                   conf_fg_bg={"cam": (0.30, 0.05), "recam": (0.35, 0.10), "lpcam": (0.45, 0.25)}),
-    "demo": Preset("demo", cam_threshold=0.15, recam_threshold=0.15, recam_lambda=1.0,
-                   lpcam=LPCAMConfig(tau=0.1, k=8, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9,
-                                     images_per_class=0)),
-}
-
 _NESTED = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "CamConfig": CamConfig,
-           "LPCAMConfig": LPCAMConfig, "EvalConfig": EvalConfig, "DatasetConfig": DatasetConfig}
+           "LPCAMConfig": LPCAMConfig, "EvalConfig": EvalConfig, "DatasetConfig": DatasetConfig,
+           "InferCamConfig": InferCamConfig, "AdvCamConfig": AdvCamConfig}

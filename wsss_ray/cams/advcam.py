@@ -54,22 +54,10 @@ import torch
 import torch.nn.functional as F
 
 from wsss_ray.cams.cam import class_activation, fuse_flips, normalise_per_map, scaled_batch, with_flips
+from wsss_ray.config import AdvCamConfig  # noqa: F401  (typed configs live in config.py)
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 GRAD_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class AdvCamConfig:
-    steps: int = 27             # climbing steps per copy (T); maps of x_0..x_T are summed
-    step_size: float = 0.08     # xi
-    mu: float = 7.0             # regulariser weight
-    mask_threshold: float = 0.5  # M: fraction of the current map's max
-    max_batch: int = 16         # copies (flip copies included) per forward/backward; bounds memory
-
-    def __post_init__(self):
-        if self.steps < 0 or self.max_batch < 1:
-            raise ValueError("steps must be >= 0 and max_batch >= 1")
 
 
 # ------------------------------------------------------------------ objective

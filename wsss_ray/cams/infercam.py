@@ -62,48 +62,10 @@ import torch.nn.functional as F
 
 from wsss_ray.cams.cam import (class_activation, fuse_flips, multiscale_cam, normalise_per_map,
                                scaled_batch, select_and_normalise, with_flips)
+from wsss_ray.config import InferCamConfig  # noqa: F401  (typed configs live in config.py)
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in image pixels
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class InferCamConfig:
-    split: bool = True
-    iterate: bool = True
-    erase_threshold: float = 0.7
-    stop_fraction: float = 0.02   # code 2%, paper 1%
-    max_rounds: int = 5           # inferences per copy, the un-erased first one included
-    buffer_one: int = 10          # px past the centre lines, one centre per split
-    buffer_two: int = 20          # px around the two-class rectangle
-    three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
-    max_batch: int = 16           # inputs per features_fn call (before flipping); bounds GPU memory
-    bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
-    unite: str = "per_patch"      # "per_patch" (paper, code): each patch's map peaks at 1 before pasting;
-                                  # "scaled": times the patch's raw first-round peak (normalised once, after)
-    erase: str = "per_class"      # "per_class" (paper: class-conditional, one mask per class);
-                                  # "union" (authors' code): one mask per patch, over all the image's classes
-    erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
-                                  # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
-    erase_flip: bool = True       # flipped inputs in the erased rounds too (paper, code); False: a cost lever
-    buffer_side: float = 0.0      # > 0: both buffers are this fraction of the image's height (vertically) and
-                                  # width (horizontally), replacing the px buffers; not the paper's. Absolute px
-                                  # do not carry across image sizes: 0.25 is what helped coco_tiny and the demo
-
-    def __post_init__(self):
-        if self.unite not in ("per_patch", "scaled"):
-            raise ValueError(f"unite must be 'per_patch' or 'scaled', got {self.unite!r}")
-        if self.erase not in ("per_class", "union"):
-            raise ValueError(f"erase must be 'per_class' or 'union', got {self.erase!r}")
-        if self.three_plus not in ("per_class", "none"):
-            raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
-        if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:
-            raise ValueError("max_rounds and max_batch must be >= 1, bucket_px >= 0")
-        object.__setattr__(self, "erase_scales", tuple(float(s) for s in self.erase_scales))  # JSON gives lists
-        if any(s <= 0 for s in self.erase_scales):
-            raise ValueError(f"erase_scales must be positive, got {self.erase_scales}")
-        if not 0 <= self.buffer_side <= 1:
-            raise ValueError(f"buffer_side must be a fraction in [0, 1], got {self.buffer_side}")
 
 
 class Iterated(NamedTuple):

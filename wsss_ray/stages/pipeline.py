@@ -6,14 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from wsss_ray.config import (CamConfig, DatasetConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, recam_model,
-                             to_dict)
+from wsss_ray.config import (AdvCamConfig, CamConfig, DatasetConfig, EvalConfig, InferCamConfig, LPCAMConfig,
+                             ModelConfig, TrainConfig, recam_model, to_dict)
 from wsss_ray.rundir import RunDir
 
 ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam")
-RECAM_VARIANTS = {"recam_w": "w", "recam_wp": "w'", "recam_wsum": "w+w'", "recam_wprod": "w*w'"}
+# ReCAM's class weights (the paper's Table 4) and the maps directory each is written to when asked
+# for beside the chosen one; the chosen weight is always ``maps/recam``
+RECAM_WEIGHTS = {"w": "recam_w", "w'": "recam_wp", "w+w'": "recam_wsum", "w*w'": "recam_wprod"}
+# InferCam's ablation (the paper's Table 3): each half of the method alone, beside the full method
+INFERCAM_ABLATION = {"infercam_split": {"split": True, "iterate": False},
+                     "infercam_iter": {"split": False, "iterate": True}}
 
 
 @dataclass(frozen=True)
@@ -28,12 +33,19 @@ class PipelineConfig:
     lpcam: LPCAMConfig = LPCAMConfig()
     eval: EvalConfig = EvalConfig()
     methods: tuple = ("cam", "lpcam", "lpcam_f")
-    infercam: dict = field(default_factory=dict)
-    advcam: dict = field(default_factory=dict)       # AdvCamConfig overrides, e.g. {"steps": 8}
+    recam_weight: str = "w*w'"  # the class weight ReCAM's maps use: w, w', w+w' or w*w' (the paper's)
+    recam_all_weights: bool = False  # also extract the other three weights (recam_w, recam_wp, ...)
+    infercam: InferCamConfig = InferCamConfig()
+    infercam_ablation: bool = False  # also extract split-only and iterate-only InferCam
+    advcam: AdvCamConfig = AdvCamConfig()
     segment: tuple = ()         # methods taken on to pseudo masks and a segmentation network
     refiner: str = ""           # how seeds become pseudo masks: irn | crf; "" = the preset's (DEFAULT_REFINER)
     use_gpu_refine: bool = False
     strict: bool = False
+
+    def __post_init__(self):
+        if self.recam_weight not in RECAM_WEIGHTS:
+            raise ValueError(f"recam_weight {self.recam_weight!r}: choose from {', '.join(RECAM_WEIGHTS)}")
 
 
 DEMO_BACKBONES = ("tiny", "efficientnet_lite0")
@@ -96,6 +108,21 @@ def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str
                           lpcam=lpcam, eval=grid, methods=tuple(methods))
 
 
+def recam_weights(cfg: PipelineConfig) -> dict[str, str]:
+    """Maps directory -> ReCAM class weight: the chosen weight as ``recam``, the other three
+    only when asked for."""
+    others = {name: w for w, name in RECAM_WEIGHTS.items() if w != cfg.recam_weight} if cfg.recam_all_weights else {}
+    return {"recam": cfg.recam_weight, **others}
+
+
+def infercam_variants(cfg: PipelineConfig) -> dict[str, InferCamConfig]:
+    """Maps directory -> InferCam config: the chosen one, and its two halves when the ablation
+    is asked for."""
+    ablation = INFERCAM_ABLATION if cfg.infercam_ablation else {}
+    return {"infercam": cfg.infercam,
+            **{name: dataclasses.replace(cfg.infercam, **switches) for name, switches in ablation.items()}}
+
+
 def log(msg: str) -> None:
     print(f"[wsss_ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -140,12 +167,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if "feature_sampling_seconds" in cam_out:
         timings["lpcam_features_in_cam_pass"] = cam_out["feature_sampling_seconds"]
     if "recam" in cfg.methods:
+        recam_ckpt = run.uri("checkpoints", "recam")
         timed("train_recam", train_classifier, run, "recam", recam_model(cfg.model, cfg.recam_unfreeze),
               cfg.recam_train, init_from=ckpt)
-        for name, variant in RECAM_VARIANTS.items():
-            extract_and_eval(name, "cam", run.uri("checkpoints", "recam"), {"variant": variant})
-        results["recam"] = dict(results["recam_wprod"], method="recam")
-        run.write_json(run.eval_json("recam"), results["recam"])
+        for name, weight in recam_weights(cfg).items():
+            extract_and_eval(name, "cam", recam_ckpt, {"variant": weight})
     if lpcam_wanted:
         from wsss_ray.stages.prototypes import build_prototypes, cluster_all, sample_features
         timed("lpcam_features", sample_features, run, ckpt, cfg.lpcam, cfg.cam)
@@ -157,17 +183,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if "lpcam_f" in cfg.methods:
             extract_and_eval("lpcam_f", "lpcam", ckpt, {"fg_only": True}, protos)
     if "infercam" in cfg.methods:
-        for name, switches in {"infercam": {"split": True, "iterate": True},
-                               "infercam_split": {"split": True, "iterate": False},
-                               "infercam_iter": {"split": False, "iterate": True}}.items():
+        for name, infercam in infercam_variants(cfg).items():
             # the split's centres come from the CAM maps above instead of a second baseline pass
-            extract_and_eval(name, "infercam", ckpt, {**cfg.infercam, **switches},
-                             baseline="cam" if switches["split"] else "")
+            extract_and_eval(name, "infercam", ckpt, to_dict(infercam), baseline="cam" if infercam.split else "")
     if "advcam" in cfg.methods:
-        extract_and_eval("advcam", "advcam", ckpt, dict(cfg.advcam))
+        extract_and_eval("advcam", "advcam", ckpt, to_dict(cfg.advcam))
         if "recam" in cfg.methods:          # the ReCAM paper's ReCAM + AdvCAM route
             extract_and_eval("recam_advcam", "advcam", run.uri("checkpoints", "recam"),
-                             {**cfg.advcam, "variant": "w*w'"})
+                             {**to_dict(cfg.advcam), "variant": cfg.recam_weight})
     plot_curves(list(results.values()), run.uri("eval", "summary.png"))
     table = summary_table(results)
     run.write_text(run.uri("eval", "summary.md"), table + "\n")
