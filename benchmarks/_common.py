@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmark scripts: timing, machine description, result files.
+"""Helpers shared by the benchmark scripts (and the diagnoses in ``experiments/``, which
+import them as ``benchmarks._common``): timing, machine description, result files.
 
-Every script prints its figures and writes them to ``benchmarks/results/<script>.json``;
-those JSON files are the record behind the figures in docs/PERFORMANCE.md.
+Every script prints its figures and writes them to ``results/<script>.json`` next to itself
+(``benchmarks/results/`` or ``experiments/results/``); those JSON files are the record behind
+the figures in docs/PERFORMANCE.md and docs/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,9 +20,23 @@ from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-DEMO_CKPT = "/tmp/runs/full1/checkpoints/cam"
-COCO_CKPT = "/tmp/runs/coco_ref2/checkpoints/cam"   # the reference-protocol run (RESULTS.md)
-COCO_TINY = str(BENCH_DIR.parent.parent / "shared" / "data" / "coco_tiny")
+REPO_DIR = BENCH_DIR.parent
+# default checkpoints: the README's demo run (`bash scripts/demo`, run dir runs/demo) and its
+# coco_tiny reference command (run dir runs/coco_tiny); every script takes others as arguments
+DEMO_CKPT = str(REPO_DIR / "runs" / "demo" / "checkpoints" / "cam")
+COCO_CKPT = str(REPO_DIR / "runs" / "coco_tiny" / "checkpoints" / "cam")
+COCO_TINY = str(REPO_DIR.parent / "shared" / "data" / "coco_tiny")   # the README's data location
+
+
+def scratch_dir(name: str) -> str:
+    """Default work directory of a script: ``wsss_bench/<name>`` under the system's temp dir."""
+    return os.path.join(tempfile.gettempdir(), "wsss_bench", name)
+
+
+def results_dir() -> Path:
+    """``results/`` next to the running script (benchmarks/ or experiments/)."""
+    here = Path(sys.argv[0]).resolve().parent
+    return here / "results" if here.name in ("benchmarks", "experiments") else RESULTS_DIR
 
 
 def cpu_model() -> str:
@@ -82,16 +99,17 @@ def stopwatch(fn: Callable, *args, **kwargs):
 
 
 def command_line() -> str:
-    script = os.path.relpath(sys.argv[0], BENCH_DIR.parent)
+    script = os.path.relpath(sys.argv[0], REPO_DIR)
     return " ".join(["PYTHONPATH=. .venv/bin/python", script, *sys.argv[1:]])
 
 
 def write_results(name: str, data: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the machine and the command line."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    """Write ``results/<name>.json`` (next to the script) with the machine and the command line."""
+    out_dir = results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "command": command_line(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
-    path = RESULTS_DIR / f"{name}.json"
+    path = out_dir / f"{name}.json"
     path.write_text(json.dumps(record, indent=1, sort_keys=False, default=_plain) + "\n")
     print(f"wrote {path}", flush=True)
     return path

@@ -1,6 +1,7 @@
 """AdvCAM throughput against the bare passes it needs, and its cost per image against CAM.
 
-On demo images with the trained tiny checkpoint (random weights when it is missing), for
+On demo images with the trained tiny checkpoint ``--demo-ckpt`` (default ``runs/demo/checkpoints/cam``,
+made by ``bash scripts/demo``; random weights when it is missing), for
 the same images, scales, flips and copy batches:
 
 - **CAM**: the CAM map function (the extraction actor's).
@@ -36,6 +37,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=AdvCamConfig.steps)
     p.add_argument("--max-batch", type=int, default=AdvCamConfig.max_batch)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--demo-ckpt", default=DEMO_CKPT,
+                   help="trained tiny demo checkpoint directory (random weights when missing)")
     add_load_args(p)
     return p.parse_args()
 
@@ -65,8 +68,8 @@ def seconds(fn, batches) -> float:
 
 def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
-    trained = checkpoint_ready(DEMO_CKPT)
-    model, cfg = tiny_model(DEMO_CKPT if trained else "")
+    trained = checkpoint_ready(args.demo_ckpt)
+    model, cfg = tiny_model(args.demo_ckpt if trained else "")
     model.eval()
     images, _, labels = demo_images(args.images)
     out_size = strided_size(images[0].shape[0], images[0].shape[1], 4)
@@ -82,7 +85,7 @@ def run_all(args) -> dict:
         t_adv = seconds(adv, batches)
         t_bare = seconds(lambda x, c, _: bare_passes(model, weight, x, c, args.steps, args.max_batch), batches)
     n, pairs = len(images), sum(len(c) for c in labels)
-    out = {"model": f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}", "images": n,
+    out = {"model": f"tiny, {'trained ' + args.demo_ckpt if trained else 'random weights'}", "images": n,
            "gt_classes_per_image": pairs / n, "cam_s_per_image": t_cam / n, "advcam_s_per_image": t_adv / n,
            "bare_s_per_image": t_bare / n, "throughput_vs_bare": ratio(t_bare, t_adv),
            "advcam_vs_cam": ratio(t_adv, t_cam)}

@@ -6,6 +6,12 @@
 (c) the whole Ray Data stage ``extract_maps`` on a demo run directory, 1 and 2 actors.
 
 Targets: (b)/(a) and (c)/(a) >= 0.8; 2 actors / 1 actor = 1.8x where the hardware allows.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/extraction_throughput.py --max-wait 60
+
+No checkpoint needed: random tiny weights and the ImageNet EfficientNet-Lite0 backbone (the
+cost does not depend on the weights); (c) builds its own demo run directory in ``--work-dir``.
+CPU only.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import shutil
 
 import torch
 
-from _common import add_load_args, measured, ratio, shard_steady_rate, show, start_ray, timed
+from _common import add_load_args, measured, ratio, scratch_dir, shard_steady_rate, show, start_ray, timed
 from _models import SCALES, demo_images, effnet_model, random_batch, scale_inputs, tiny_model, to_tensor
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
@@ -31,7 +37,7 @@ def parse_args():
     p.add_argument("--stage-images", type=int, default=320)
     p.add_argument("--stage-actors", default="1,2")
     p.add_argument("--stage-repeats", type=int, default=1)
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/extraction")
+    p.add_argument("--work-dir", default=scratch_dir("extraction"), help="scratch directory (emptied first)")
     p.add_argument("--skip-effnet", action="store_true")
     p.add_argument("--skip-stage", action="store_true")
     add_load_args(p)

@@ -8,12 +8,26 @@ inputs and input pixels are counted through ``model.features`` to show where tim
 Target: InferCam <= 3x CAM per image. The ``*_from_cam_maps`` variants are the job's path for the
 split: centres from the CAM pass's stored maps, no second baseline inference.
 
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_cost.py --max-wait 60
+
+Checkpoints: ``--demo-ckpt`` (default ``runs/demo/checkpoints/cam``, made by ``bash scripts/demo``;
+random weights when missing) and ``--coco-ckpt`` (default ``runs/coco_tiny/checkpoints/cam``,
+made by the README's coco_tiny reference command; the coco case is skipped when missing),
+with the data in ``--coco-root``.
+
 ``--variants a,b`` times a subset (with CAM), ``--tag T`` writes ``infercam_cost_T.json`` so
 the full table's file stays, ``--skip-demo`` / ``--skip-coco`` time one case.
 
-``--device cuda`` times on a GPU (the clock waits for the device's queue to drain); with
-``--demo-ckpt``, ``--coco-ckpt`` and ``--coco-root`` pointing at carried copies it needs
-neither Ray nor faiss, so it runs on a bare accelerator machine (``benchmarks/device_infercam.sh``).
+On a GPU (anyone with CUDA): ``--device cuda`` puts the model and the images on the device and
+the clock waits for its queue to drain. ``--variants gpu`` is the set for the paper's kind of
+figure (wall clock, where small calls may cost launch latency rather than pixels): the split,
+iterate, split + iterate with 16 px buckets and with one canvas a round, the authors' code and
+one-scale erased rounds. The GPU's name goes to ``machine.gpu_name`` in the JSON:
+
+    PYTHONPATH=. python benchmarks/infercam_cost.py --device cuda --variants gpu --max-wait 5 \
+        --skip-coco --demo-images 64 --tag gpu_demo
+    PYTHONPATH=. python benchmarks/infercam_cost.py --device cuda --variants gpu --max-wait 5 \
+        --skip-demo --coco-images 16 --tag gpu_coco
 """
 from __future__ import annotations
 
@@ -23,7 +37,7 @@ import time
 
 import torch
 
-from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, show
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, scratch_dir, show
 from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to_tensor
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn
@@ -62,6 +76,12 @@ FROM_CAM_MAPS = {"infercam_split_from_cam_maps": "infercam_split", "infercam_bot
                  "infercam_split_b112_from_cam_maps": "infercam_split_b112",
                  "infercam_both_b112_erase_s1_from_cam_maps": "infercam_both_b112_erase_s1"}
 
+# ``--variants gpu``: the job's path with 16 px buckets and with one canvas a round (fewer, larger
+# calls: a launch-bound GPU may prefer them), the authors' code and the one-scale erased rounds
+GPU_VARIANTS = ["infercam_split_from_cam_maps", "infercam_iterate", "infercam_both_from_cam_maps",
+                "infercam_both_one_canvas_from_cam_maps", "infercam_both_code_from_cam_maps",
+                "infercam_both_erase_s1_from_cam_maps"]
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,16 +92,18 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="passes per variant, fastest kept")
     p.add_argument("--variants", default="", metavar="NAME,...",
-                   help="time only these variants (and CAM); default all")
+                   help="time only these variants (and CAM); 'gpu' = the GPU set; default all")
     p.add_argument("--tag", default="",
                    help="results file infercam_cost_<tag>.json (a subset run keeps the full table's)")
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
+    p.add_argument("--work-dir", default=scratch_dir("infercam"), help="scratch run directory for the coco manifest")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where the model and the images live")
-    p.add_argument("--demo-ckpt", default=DEMO_CKPT, help="trained tiny demo checkpoint directory")
-    p.add_argument("--coco-ckpt", default=COCO_CKPT, help="trained EfficientNet-Lite0 coco_tiny checkpoint")
-    p.add_argument("--coco-root", default=COCO_TINY)
+    p.add_argument("--demo-ckpt", default=DEMO_CKPT,
+                   help="trained tiny demo checkpoint directory (random weights when missing)")
+    p.add_argument("--coco-ckpt", default=COCO_CKPT,
+                   help="trained EfficientNet-Lite0 coco_tiny checkpoint directory (coco case skipped when missing)")
+    p.add_argument("--coco-root", default=COCO_TINY, help="coco_tiny data directory")
     add_load_args(p)
     return p.parse_args()
 
@@ -146,7 +168,7 @@ def time_variant(model, counter: CountingFeatures, variant: str, batches: list) 
 
 def chosen_variants(names: str) -> list:
     every = [*VARIANTS, *FROM_CAM_MAPS]
-    wanted = [n for n in names.split(",") if n]
+    wanted = [v for n in names.split(",") if n for v in (GPU_VARIANTS if n == "gpu" else [n])]
     unknown = sorted(set(wanted) - set(every))
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; known: {every}")

@@ -10,6 +10,13 @@ patch area against the erased rounds' area shows which rule of the method puts i
 3x target; the call counts are what a launch-bound accelerator would pay.
 
 Target (issue 5): InferCam <= 3x CAM per image. ``benchmarks/infercam_cost.py`` times it.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_cost_breakdown.py --skip-coco --threads 1 --tag demo
+    PYTHONPATH=. .venv/bin/python benchmarks/infercam_cost_breakdown.py --skip-demo --threads 1 --tag coco \
+        --variants paper,paper_split_only,paper_iterate_only,stop_1pct,union_erase,no_3plus_split,authors_code,erase_scales_1
+
+Checkpoints and data as in ``infercam_cost.py`` (``--demo-ckpt``, ``--coco-ckpt``, ``--coco-root``).
+CPU only (the counts do not depend on the device).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from collections import Counter
 
 import torch
 
-from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, show, write_results
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, checkpoint_ready, ratio, scratch_dir, show, write_results
 from _models import SCALES, effnet_model, tiny_model
 from infercam_cost import CountingFeatures, coco_batches, demo_batches
 from wsss_ray.cams.infercam import InferCamConfig, infercam_run
@@ -49,11 +56,18 @@ def parse_args():
     p.add_argument("--max-side", type=int, default=448)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="", metavar="NAME,...", help=f"default all of {list(VARIANTS)}")
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/infercam")
+    p.add_argument("--work-dir", default=scratch_dir("infercam"), help="scratch run directory for the coco manifest")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--tag", default="", help="results file infercam_cost_breakdown_<tag>.json")
-    return p.parse_args()
+    p.add_argument("--demo-ckpt", default=DEMO_CKPT,
+                   help="trained tiny demo checkpoint directory (random weights when missing)")
+    p.add_argument("--coco-ckpt", default=COCO_CKPT,
+                   help="trained EfficientNet-Lite0 coco_tiny checkpoint directory (coco case skipped when missing)")
+    p.add_argument("--coco-root", default=COCO_TINY, help="coco_tiny data directory")
+    args = p.parse_args()
+    args.device = "cpu"         # counted work, not time: infercam_cost.py's batch builders read it
+    return args
 
 
 def group_of(labels) -> str:
@@ -176,15 +190,15 @@ def main() -> None:
     variants = chosen(args.variants)
     out = {}
     if not args.skip_demo:
-        trained = checkpoint_ready(DEMO_CKPT)
-        model, cfg = tiny_model(DEMO_CKPT if trained else "")
+        trained = checkpoint_ready(args.demo_ckpt)
+        model, cfg = tiny_model(args.demo_ckpt if trained else "")
         out["demo"] = run_case("demo (tiny @112)", model, demo_batches(args, cfg), variants)
-        out["demo"]["model"] = f"tiny, {'trained ' + DEMO_CKPT if trained else 'random weights'}"
-    if not args.skip_coco and checkpoint_ready(COCO_CKPT) and os.path.isdir(COCO_TINY):
-        model, cfg = effnet_model(COCO_CKPT)
+        out["demo"]["model"] = f"tiny, {'trained ' + args.demo_ckpt if trained else 'random weights'}"
+    if not args.skip_coco and checkpoint_ready(args.coco_ckpt) and os.path.isdir(args.coco_root):
+        model, cfg = effnet_model(args.coco_ckpt)
         out["coco_tiny"] = run_case(f"coco_tiny (efficientnet_lite0 @{args.max_side})", model,
                                     coco_batches(args, cfg), variants)
-        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {COCO_CKPT}"
+        out["coco_tiny"]["model"] = f"efficientnet_lite0, trained {args.coco_ckpt}"
     elif not args.skip_coco:
         out["coco_tiny"] = {"skipped": "no trained coco checkpoint or no coco_tiny data"}
     write_results("infercam_cost_breakdown" + (f"_{args.tag}" if args.tag else ""), {"args": vars(args), **out})

@@ -10,6 +10,11 @@ seconds through its progress meter (the algorithm itself is untouched) and says 
 converged; when it is stopped, its real time is longer and the speed-up is a lower bound.
 
 Target: speed-up >= 20x.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/kmeans.py --max-wait 60
+    PYTHONPATH=. .venv/bin/python benchmarks/kmeans.py --their-iters 1000 --their-budget 170 --tag uncapped --max-wait 60
+
+Needs the test extra (``kmeans-pytorch``) and coco_tiny in ``--coco-root`` (else ``--synthetic``).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from _common import COCO_TINY, add_load_args, measured, ratio, show, stopwatch
+from _common import COCO_TINY, add_load_args, measured, ratio, scratch_dir, show, stopwatch
 from wsss_ray.clustering import spherical_kmeans
 
 
@@ -36,7 +41,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--synthetic", action="store_true", help="gaussian mixture instead of real features")
     p.add_argument("--tag", default="", help="write results/kmeans_<tag>.json instead of results/kmeans.json")
-    p.add_argument("--cache", default="/tmp/wsss_bench/kmeans_features_{max_side}.npy",
+    p.add_argument("--coco-root", default=COCO_TINY, help="coco_tiny data directory (features from it when present)")
+    p.add_argument("--cache", default=os.path.join(scratch_dir("kmeans"), "features_{max_side}.npy"),
                    help="real features are kept here between runs ('' = no cache)")
     add_load_args(p)
     return p.parse_args()
@@ -45,13 +51,13 @@ def parse_args():
 # ------------------------------------------------------------------ features
 
 
-def coco_features(count: int, max_side: int) -> np.ndarray:
+def coco_features(root: str, count: int, max_side: int) -> np.ndarray:
     """(count, 1280) EfficientNet-Lite0 ImageNet features of coco_tiny positions, in file order."""
     from _models import effnet_model, to_tensor
     from wsss_ray.data.images import load_rgb
     model, cfg = effnet_model()
-    files = sorted(glob.glob(os.path.join(COCO_TINY, "train2017", "*.jpg"))) + \
-        sorted(glob.glob(os.path.join(COCO_TINY, "val2017", "*.jpg")))
+    files = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg"))) + \
+        sorted(glob.glob(os.path.join(root, "val2017", "*.jpg")))
     parts, total = [], 0
     for flip in (False, True):                       # flipped views only if the images run out
         for path in files:
@@ -62,7 +68,7 @@ def coco_features(count: int, max_side: int) -> np.ndarray:
             total += parts[-1].shape[0]
             if total >= count:
                 return np.ascontiguousarray(np.concatenate(parts)[:count], np.float32)
-    raise ValueError(f"only {total} feature vectors in {COCO_TINY}; ask for fewer --points")
+    raise ValueError(f"only {total} feature vectors in {root}; ask for fewer --points")
 
 
 def cached(path: str, count: int, make) -> np.ndarray:
@@ -171,10 +177,10 @@ def compare(points: np.ndarray, k: int, args) -> dict:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    real = not args.synthetic and os.path.isdir(COCO_TINY)
+    real = not args.synthetic and os.path.isdir(args.coco_root)
     if real:
         points, feature_seconds = stopwatch(cached, args.cache.format(max_side=args.max_side), args.points,
-                                            lambda: coco_features(args.points, args.max_side))
+                                            lambda: coco_features(args.coco_root, args.points, args.max_side))
     else:
         points, feature_seconds = stopwatch(mixture_features, args.points)
     source = (f"EfficientNet-Lite0 ImageNet features of coco_tiny at max side {args.max_side}" if real

@@ -16,6 +16,10 @@ samples the resident memory (RSS) of every Ray worker process (``ray::...``) eve
 
 Targets: prototype stage <= 0.1x the training time; peak worker RSS flat within 20% when the
 number of images doubles.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/prototype_stage.py --max-wait 60
+
+No checkpoint needed: it trains its own demo classifier in ``--work-dir``.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import time
 
 import psutil
 
-from _common import add_load_args, measured, ratio, show, start_ray, stopwatch
+from _common import add_load_args, measured, ratio, scratch_dir, show, start_ray, stopwatch
 from wsss_ray.config import DatasetConfig
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.pipeline import demo_config
@@ -39,7 +43,7 @@ def parse_args():
     p.add_argument("--images", type=int, default=480, help="the larger run; the smaller has half")
     p.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, seconds")
     p.add_argument("--repeats", type=int, default=2, help="prototype-stage runs per size")
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/prototypes")
+    p.add_argument("--work-dir", default=scratch_dir("prototypes"), help="scratch directory (emptied first)")
     add_load_args(p)
     return p.parse_args()
 

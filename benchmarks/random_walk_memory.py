@@ -10,6 +10,10 @@ Also reported: the bytes the walk's own tensors need (CSR values + int32 column 
 row pointers + two (N, L) iterates), i.e. what a perfect allocator would show.
 
 Target: memory at most linear in pixels (the memory ratio between sizes <= the pixel ratio).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/random_walk_memory.py
+
+Linux only (``/proc/self/clear_refs``); no checkpoint or data needed.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ EfficientNet-Lite0 at 448 px, batch 4, with its backbone frozen (the reference p
 and trainable.
 
 Target: ReCAM step time <= 1.3x CAM step time.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/recam_epoch.py --max-wait 60
+
+No checkpoint needed (random heads; the step cost does not depend on the weights).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ that timed a stage gives its figure: list the cleanest first), e.g. the coco_tin
 continuation and an InferCam run on 80 of its images:
 
     PYTHONPATH=. .venv/bin/python benchmarks/scaling_plan.py \
-        --run-dirs /tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf40
+        --run-dirs runs/coco_tiny_ref,runs/coco_recam,runs/coco_inf40
 
 Cost unit: core-seconds per image = stage wall seconds x cores the stage kept busy / images.
 Every stage here saturates the machine's cores (2 actors or 2 Ray Train workers on 2 cores),
@@ -131,7 +131,7 @@ def project(costs: dict, images: int, workers: list[int], cores_per_worker: int,
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dirs", default="/tmp/runs/coco_ref2,/tmp/runs/coco_recam,/tmp/runs/coco_inf40")
+    p.add_argument("--run-dirs", required=True, help="comma list of finished run directories, cleanest first")
     p.add_argument("--job-logs", default="", help="comma list of the jobs' stdout logs (peak object store)")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="cores of the machine that made the runs")
     p.add_argument("--images", type=int, default=COCO_TRAIN2014)

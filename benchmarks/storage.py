@@ -9,6 +9,12 @@ default grid uses ``wsss_ray.metrics``.
 
 Targets: stored bytes <= 1/20 of float32; |mIoU(stored) - mIoU(float32)| <= 0.001 at
 every threshold.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/storage.py --max-wait 60
+
+Checkpoints: ``--demo-ckpt`` (default ``runs/demo/checkpoints/cam``, made by ``bash scripts/demo``)
+and ``--coco-ckpt`` (default ``runs/coco_tiny/checkpoints/cam``, made by the README's coco_tiny
+reference command); without them the script uses random heads and says so in its JSON.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, show
+from _common import COCO_CKPT, COCO_TINY, DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, scratch_dir, show
 from _models import SCALES, coco_rows, demo_images, effnet_model, tiny_model, to_tensor
 from wsss_ray.cams.cam import multiscale_cam, select_and_normalise, strided_size
 from wsss_ray.config import EvalConfig
@@ -40,8 +46,13 @@ def parse_args():
     p.add_argument("--coco-split", default="train")
     p.add_argument("--max-side", type=int, default=448)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/storage")
+    p.add_argument("--work-dir", default=scratch_dir("storage"), help="scratch directory (emptied first)")
     p.add_argument("--skip-coco", action="store_true")
+    p.add_argument("--demo-ckpt", default=DEMO_CKPT,
+                   help="trained tiny demo checkpoint directory (random weights when missing)")
+    p.add_argument("--coco-ckpt", default=COCO_CKPT,
+                   help="trained EfficientNet-Lite0 coco_tiny checkpoint (ImageNet backbone + random head when missing)")
+    p.add_argument("--coco-root", default=COCO_TINY, help="coco_tiny data directory")
     add_load_args(p)
     return p.parse_args()
 
@@ -167,20 +178,20 @@ def coco_samples(cfg, rows: list[dict], max_side: int):
 
 
 def demo_case(args) -> dict:
-    trained = checkpoint_ready(DEMO_CKPT)
-    model, cfg = tiny_model(DEMO_CKPT if trained else "")
+    trained = checkpoint_ready(args.demo_ckpt)
+    model, cfg = tiny_model(args.demo_ckpt if trained else "")
     out = compare("demo", model, demo_samples(cfg, args.demo_images), 5, args.work_dir)
-    out["model"] = f"tiny, trained checkpoint {DEMO_CKPT}" if trained else "tiny, random weights (no trained checkpoint)"
+    out["model"] = f"tiny, trained checkpoint {args.demo_ckpt}" if trained else "tiny, random weights (no trained checkpoint)"
     return out
 
 
 def coco_case(args) -> dict:
-    trained = checkpoint_ready(COCO_CKPT)
-    rows, num_classes = coco_rows(os.path.join(args.work_dir, "coco_run"), COCO_TINY, args.coco_split,
+    trained = checkpoint_ready(args.coco_ckpt)
+    rows, num_classes = coco_rows(os.path.join(args.work_dir, "coco_run"), args.coco_root, args.coco_split,
                                   args.coco_images)
-    model, cfg = effnet_model(COCO_CKPT if trained else "", num_classes)
+    model, cfg = effnet_model(args.coco_ckpt if trained else "", num_classes)
     out = compare("coco_tiny", model, coco_samples(cfg, rows, args.max_side), num_classes, args.work_dir)
-    out["model"] = (f"efficientnet_lite0, trained checkpoint {COCO_CKPT}" if trained
+    out["model"] = (f"efficientnet_lite0, trained checkpoint {args.coco_ckpt}" if trained
                     else "efficientnet_lite0 ImageNet backbone + random head (no trained checkpoint)")
     out["max_side"] = args.max_side
     return out
@@ -190,10 +201,10 @@ def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
     shutil.rmtree(args.work_dir, ignore_errors=True)
     out = {"demo": demo_case(args)}
-    if not args.skip_coco and os.path.isdir(COCO_TINY):
+    if not args.skip_coco and os.path.isdir(args.coco_root):
         out["coco_tiny"] = coco_case(args)
     elif not args.skip_coco:
-        out["coco_tiny"] = {"skipped": f"{COCO_TINY} not found"}
+        out["coco_tiny"] = {"skipped": f"{args.coco_root} not found"}
     return out
 
 

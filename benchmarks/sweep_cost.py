@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import BENCH_DIR, OtherLoad, add_load_args, measured, ratio, show
+from _common import BENCH_DIR, OtherLoad, add_load_args, measured, ratio, scratch_dir, show
 
 KEEP = ("config.json", "manifest", "gt_masks", os.path.join("checkpoints", "cam"), os.path.join("maps", "cam"),
         os.path.join("eval", "cam.json"))
@@ -35,7 +35,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then the main job's dataset arguments")
-    p.add_argument("--work-dir", default="/tmp/wsss_bench/sweep_cost")
+    p.add_argument("--work-dir", default=scratch_dir("sweep_cost"), help="scratch directory for the two run copies")
     p.add_argument("--num-samples", type=int, default=20)
     add_load_args(p)
     return p.parse_args()

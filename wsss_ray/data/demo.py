@@ -56,7 +56,7 @@ def _pet_body(rng, size, cls, contrast: float = 1.0) -> np.ndarray:
     """Cat and dog bodies share shape, size and palette (brown on tan); the pattern is the
     only body cue: diagonal stripes for cats, spots for dogs. Weaker than the head, but
     class-specific: the non-discriminative part CAM under-activates. ``contrast`` < 1 moves
-    the dark colour towards the light one (benchmarks/demo_world_variants.py)."""
+    the dark colour towards the light one (experiments/demo_world_variants.py)."""
     yy, xx = np.mgrid[:size, :size]
     period = int(rng.integers(4, 7))
     phase = int(rng.integers(0, period))
@@ -80,7 +80,7 @@ def _place(rng, w, h, y_lo, y_hi, size=IMAGE_SIZE):
 def _draw_pet(rng, canvas, labels, cls, y_hi, patterned_head: bool = False, contrast: float = 1.0):
     """Cat or dog: a body of shared shape and palette + a class-specific head.
 
-    ``patterned_head`` (a diagnosis variant, benchmarks/demo_world_variants.py): a round
+    ``patterned_head`` (a diagnosis variant, experiments/demo_world_variants.py): a round
     head for both classes, filled with the body's pattern at ``contrast``, so the pattern
     is the only class cue."""
     rx, ry = int(rng.integers(15, 21)), int(rng.integers(9, 13))

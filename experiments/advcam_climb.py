@@ -4,7 +4,7 @@ For demo images and a trained checkpoint, prints per climbing step the mean clas
 ``y_k - sum_{j != k} y_j`` over all (image, GT class) copies at scale 1.0 without flip, and the
 mean relative L1 change between the max-normalised AdvCAM and CAM maps (all scales, flips).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/advcam_climb.py CHECKPOINT_DIR [--images 16]
+    PYTHONPATH=. .venv/bin/python experiments/advcam_climb.py CHECKPOINT_DIR [--images 16]
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from _common import command_line, write_results
-from _models import SCALES, demo_images, tiny_model, to_tensor
+from benchmarks._common import command_line, write_results
+from benchmarks._models import SCALES, demo_images, tiny_model, to_tensor
 from wsss_ray.cams.advcam import AdvCamConfig, class_margin, class_pairs, climbing_path, pick_class
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.cams.registry import build_map_fn

@@ -1,10 +1,10 @@
 """One SHA-256 over every image and mask of the demo world, and over the training resize of
 its first images: run it under two Pillow or numpy versions to see whether the data differs
-(docs/RESULTS.md, "The figures depend on the CPU's vector instructions").
+(docs/RESULTS.md, "The figures depend on the kind of CPU").
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_world_hash.py
-    pip install --target /tmp/pil12 pillow==12.3.0
-    PYTHONPATH=/tmp/pil12:. .venv/bin/python benchmarks/demo_world_hash.py
+    PYTHONPATH=. .venv/bin/python experiments/demo_world_hash.py
+    .venv/bin/python -m pip install --target DIR pillow==12.3.0     # DIR: any empty directory
+    PYTHONPATH=DIR:. .venv/bin/python experiments/demo_world_hash.py
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Bar chart of best-threshold seed mIoU per InferCam variant, on all images and on the images
 with one, two and three or more GT classes, from ``infercam_unite.py --by-classes`` results:
 
-    PYTHONPATH=. .venv/bin/python benchmarks/plot_infercam_by_classes.py \\
-        benchmarks/results/infercam_unite_coco_diag.json benchmarks/results/infercam_unite_coco_levers.json \\
+    PYTHONPATH=. .venv/bin/python experiments/plot_infercam_by_classes.py \\
+        experiments/results/infercam_unite_coco_diag.json experiments/results/infercam_unite_coco_levers.json \\
         --variants cam,infercam_split_pp,infercam_split_b40,infercam_split_b112 --out docs/figures/x.png
 
 A variant found in several files is taken from the first. Each subset has its own best threshold.

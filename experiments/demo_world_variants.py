@@ -15,9 +15,9 @@ renders the world):
   11-14 px instead of 7-10) and never the only object of an image, to remove the
   "no other object, so bird" shortcut seen in the bird CAMs.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_world_variants.py texture1.0 /tmp/runs/world_texture1.0
+    PYTHONPATH=. .venv/bin/python experiments/demo_world_variants.py texture1.0 runs/world_texture1.0
 
-Writes ``benchmarks/results/demo_world_<variant>.json``.
+Writes ``experiments/results/demo_world_<variant>.json``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import json
 import sys
 
 import wsss_ray.data.demo as demo
-from _common import write_results
+from benchmarks._common import write_results
 from wsss_ray.data.demo import BIRD
 from wsss_ray.stages.pipeline import demo_config, run_pipeline
 

@@ -7,7 +7,7 @@ and a post-processing pass, no backbone work) and scored as the evaluation stage
 (best threshold on the run's grid). The spread says how far apart two correct
 implementations may land when only their k-means differs (initialisation, iteration count):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/lpcam_seed_spread.py /tmp/runs/coco_ref4 --seeds 0 1 2 3 4 5 6 7
+    PYTHONPATH=. .venv/bin/python experiments/lpcam_seed_spread.py runs/coco_ref4 --seeds 0 1 2 3 4 5 6 7
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from _common import measured, show
+from benchmarks._common import measured, show
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir

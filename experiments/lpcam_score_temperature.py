@@ -7,7 +7,7 @@ mu_f / mu_b, extracts LPCAM maps and evaluates them. Everything is written under
 ``<run>/diag_T<T>`` names (prototypes/lpcam_T*.parquet, maps/lpcam_T*, eval/lpcam_T*.json);
 the run's own artifacts are not touched.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/lpcam_score_temperature.py RUN_DIR 1 4 16
+    PYTHONPATH=. .venv/bin/python experiments/lpcam_score_temperature.py RUN_DIR 1 4 16
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from _common import command_line, write_results
+from benchmarks._common import command_line, write_results
 from wsss_ray.cams.lpcam import class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier

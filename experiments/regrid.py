@@ -6,7 +6,7 @@ LPCAM. Methods that enlarge the maps (InferCam's max over rounds and patches) pe
 run's config and maps, scores them on the full grid and writes
 ``eval/<method>_fullgrid.json`` beside the reference-grid file; nothing else is touched.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/regrid.py /tmp/runs/coco_inf40 cam infercam infercam_split infercam_iter
+    PYTHONPATH=. .venv/bin/python experiments/regrid.py runs/coco_inf40 cam infercam infercam_split infercam_iter
 """
 from __future__ import annotations
 

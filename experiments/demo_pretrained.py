@@ -1,6 +1,6 @@
 """Diagnosis for the ReCAM demo target: the demo world with an ImageNet backbone.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_pretrained.py RUN_DIR [LAMBDA] [FREEZE] [SEED]
+    PYTHONPATH=. .venv/bin/python experiments/demo_pretrained.py RUN_DIR [LAMBDA] [FREEZE] [SEED]
 
 The demo world and its GT, but the classifier of ../shared/REFERENCE_RESULTS.md's protocol
 instead of the tiny CNN trained from scratch (``demo_config(backbone="efficientnet_lite0")``,
@@ -17,7 +17,7 @@ products) are evaluated in one backbone pass by ``recam_weight_signs.py``'s func
 the same scales: (2, 1, 3, 4) on the 112 px images, i.e. the usual (1, 0.5, 1.5, 2) around
 the 224 px training size.
 
-Writes ``benchmarks/results/demo_pretrained_lambda<LAMBDA>[_finetuned][_seed<SEED>].json``
+Writes ``experiments/results/demo_pretrained_lambda<LAMBDA>[_finetuned][_seed<SEED>].json``
 (no suffix for seed 0).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from _common import write_results
+from benchmarks._common import write_results
 from recam_weight_signs import evaluate_weights, sign_shares, weight_variants
 from wsss_ray.config import recam_model
 from wsss_ray.rundir import RunDir

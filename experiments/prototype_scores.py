@@ -7,7 +7,7 @@ script reads a finished run's ``prototypes/centres.parquet`` and its CAM head an
 per class and kind, the centre scores, how many are saturated (p > 0.999 or p < 0.001),
 and the gap between the top two logits of each centre.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/prototype_scores.py RUN_DIR [RUN_DIR ...]
+    PYTHONPATH=. .venv/bin/python experiments/prototype_scores.py RUN_DIR [RUN_DIR ...]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-from _common import command_line, write_results
+from benchmarks._common import command_line, write_results
 from wsss_ray.cams.lpcam import CONTEXT, FG, class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier

@@ -1,6 +1,6 @@
 """The demo pipeline with some classifier-training knobs overridden, for diagnosis.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_variant.py RUN_DIR cam,lpcam,lpcam_f '{"lr_head": 2e-3}'
+    PYTHONPATH=. .venv/bin/python experiments/demo_variant.py RUN_DIR cam,lpcam,lpcam_f '{"lr_head": 2e-3}'
 
 The third argument is a JSON object of TrainConfig fields replacing the demo preset's
 (jobs/lpcam_coco.py's defaults); everything else is the main job's demo flow. Used in

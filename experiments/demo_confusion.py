@@ -9,9 +9,9 @@ of each evaluated method (the evaluation stage's own accumulation, at the thresh
 - in cat + dog scenes, cat pixels taken by dog and the reverse (confusion between the
   world's confusable pair, the false positives ReCAM's softmax loss is meant to remove).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/demo_confusion.py RUN_DIR cam,recam_w,recam_wp,recam_wprod [NAME]
+    PYTHONPATH=. .venv/bin/python experiments/demo_confusion.py RUN_DIR cam,recam_w,recam_wp,recam_wprod [NAME]
 
-Writes ``benchmarks/results/<NAME>.json`` (default ``demo_confusion``).
+Writes ``experiments/results/<NAME>.json`` (default ``demo_confusion``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from _common import write_results
+from benchmarks._common import write_results
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import accumulate_confusions

@@ -11,11 +11,11 @@ matrices, at the run's scales, flip and 4-pixel map grid): the pipeline's four, 
 w+w' and w*w', and two sign-aware products that are not the authors' formula,
 relu(w)*relu(w') and w*w' kept only where w > 0.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/recam_weight_signs.py CHECKPOINT_DIR [RUN_DIR] [NAME]
+    PYTHONPATH=. .venv/bin/python experiments/recam_weight_signs.py CHECKPOINT_DIR [RUN_DIR] [NAME]
 
 RUN_DIR's config.json gives the scales, flip, map grid, max side and threshold grid.
 
-Writes ``benchmarks/results/<NAME>.json`` (default ``recam_weight_signs``).
+Writes ``experiments/results/<NAME>.json`` (default ``recam_weight_signs``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import torch
 
-from _common import write_results
+from benchmarks._common import write_results
 from wsss_ray.cams.cam import multiscale_cam, select_and_normalise, strided_size
 from wsss_ray.config import CamConfig
 from wsss_ray.data.images import load_mask, load_rgb

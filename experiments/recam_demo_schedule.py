@@ -2,8 +2,8 @@
 checkpoint with a longer schedule, then extract and evaluate the w*w', w' and w maps.
 
     PYTHONPATH=. .venv/bin/python jobs/lpcam_coco.py --methods cam,recam --run-dir runs/demo_all
-    PYTHONPATH=. .venv/bin/python benchmarks/recam_demo_schedule.py runs/demo_all recam15 15 5e-5 1e-2
-    PYTHONPATH=. .venv/bin/python benchmarks/recam_demo_schedule.py runs/demo_all bce4 4 2e-4 2e-3 0
+    PYTHONPATH=. .venv/bin/python experiments/recam_demo_schedule.py runs/demo_all recam15 15 5e-5 1e-2
+    PYTHONPATH=. .venv/bin/python experiments/recam_demo_schedule.py runs/demo_all bce4 4 2e-4 2e-3 0
 
 An optional sixth argument sets lambda (default: the preset's 1.0); lambda = 0 is the same
 continued training with BCE alone, which separates what the SCE term does from what four more

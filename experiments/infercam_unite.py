@@ -6,9 +6,9 @@ Extracts the split-only variant both ways into the run (``maps/infercam_split_pp
 ``maps/infercam_split_scaled``; a rerun reuses them), with the run's checkpoint and CAM config,
 and scores them and the run's own CAM on the full threshold grid (0.05 .. 0.95):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/coco_inf40 --tag coco
-    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/demo_v2 --with-iterate --tag demo
-    PYTHONPATH=. .venv/bin/python benchmarks/infercam_unite.py /tmp/runs/demo_v2 --authors-code --tag demo_code
+    PYTHONPATH=. .venv/bin/python experiments/infercam_unite.py runs/coco_inf40 --tag coco
+    PYTHONPATH=. .venv/bin/python experiments/infercam_unite.py runs/demo_all --with-iterate --tag demo
+    PYTHONPATH=. .venv/bin/python experiments/infercam_unite.py runs/demo_all --authors-code --tag demo_code
 
 ``--from-cam-maps`` repeats every split variant (``<name>_cm``) with its centres read from the
 run's stored 8-bit CAM maps, as the main job does, to show what that precision costs.
@@ -35,10 +35,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import measured, show
+from benchmarks._common import measured, show
 from wsss_ray.cli import parse_options, parse_scales
-from wsss_ray.config import InferCamConfig, to_dict
-from wsss_ray.config import EvalConfig
+from wsss_ray.config import EvalConfig, InferCamConfig, to_dict
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import evaluate_maps
