@@ -40,7 +40,7 @@ FIXED = ("prototypes", "checkpoints", "ray_train")
 FLOWS = {   # the stages each flow runs, in the job's names
     "main job (CAM + LPCAM)": ("train_cam", "maps_cam", "eval_cam", "lpcam_features", "lpcam_cluster",
                                "lpcam_select", "maps_lpcam", "eval_lpcam"),
-    "+ ReCAM (w*w')": ("train_recam", "maps_recam_wprod", "eval_recam_wprod"),
+    "+ ReCAM (w*w')": ("train_recam", "maps_recam", "eval_recam"),
     "+ InferCam (split + iterate)": ("maps_infercam", "eval_infercam"),
 }
 
