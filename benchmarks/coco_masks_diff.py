@@ -10,6 +10,11 @@ the sum of the JSON's own 'area' field beside the two pixel counts).
 
     PYTHONPATH=. .venv/bin/python benchmarks/coco_masks_diff.py --coco-root ../shared/data/coco_tiny
 
+With ``--rescore RUN_DIR`` (a finished COCO run) the run's own maps are also scored
+against both sets of GT masks, so a change in its table can be put down to the masks:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/coco_masks_diff.py --rescore runs/coco_tiny_ref
+
 The default old commit (7511450) is the last one that filled polygons with PIL and decoded
 RLE by hand; the current builder uses pycocotools.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -101,6 +107,48 @@ def compare_instances(old, root: str, split: str) -> dict:
     return out
 
 
+def rescore(old, run_dir: str, workdir: Path) -> dict:
+    """The run's maps of every evaluated method, scored against the run's GT masks (the
+    current builder) and against masks of the same images from the old builder."""
+    import pyarrow.parquet as pq
+
+    from wsss_ray.data.manifest import read_manifest
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.evaluate import image_confusions, summarise
+    from wsss_ray.store import list_shards, open_fs
+
+    run = RunDir(run_dir)
+    cfg = run.read_json(run.uri("config.json"))
+    data, thresholds = cfg["dataset"], cfg["eval"]["thresholds"]
+    if data["kind"] != "coco" or cfg["eval"].get("max_side"):
+        raise SystemExit("--rescore needs a COCO run evaluated at native resolution")
+    manifest, classes = read_manifest(run.manifest())
+    new_masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+    old_masks = {}
+    for split in data["split"].split("+"):
+        rows, _, _ = old.build_coco_manifest(data["root"], split, str(workdir / f"rescore_{split}"),
+                                             class_subset=data["class_subset"])
+        old_masks.update({r.image_id: r.mask_uri for r in rows})
+    assert old_masks.keys() == new_masks.keys(), "the old builder kept different images"
+    methods = sorted(n[:-5] for n in os.listdir(run.uri("eval"))   # eval/<method>.json beside maps/<method>
+                     if n.endswith(".json") and os.path.isdir(run.maps(n[:-5])))
+    k = classes.num_classes + 1
+    out = {}
+    for method in methods:
+        totals = {"new": np.zeros((len(thresholds), k, k), np.int64), "old": np.zeros((len(thresholds), k, k), np.int64)}
+        count = 0
+        fs, path = open_fs(run.maps(method))
+        for shard in list_shards(fs, path):
+            for row in pq.read_table(shard, filesystem=fs).to_pylist():
+                count += 1
+                for name, masks in (("new", new_masks), ("old", old_masks)):
+                    totals[name] += image_confusions(row, masks[row["image_id"]], classes.num_classes, thresholds)
+        out[method] = {name: summarise(method, "", thresholds, c, count, list(classes.names))["best"]
+                       for name, c in totals.items()}
+        out[method]["run_eval"] = run.read_json(run.eval_json(method))["best"]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--coco-root", default=COCO_TINY)
@@ -108,6 +156,8 @@ def main():
     p.add_argument("--class-subsets", nargs="+", default=["voc20", "all"],
                    help="'all' = the 80 COCO classes; 'voc20' = the reference protocol's masks")
     p.add_argument("--old-rev", default="7511450")
+    p.add_argument("--rescore", default="", metavar="RUN_DIR",
+                   help="also score this COCO run's maps against the old and the new masks")
     p.add_argument("--out", default="coco_masks_diff", help="results/<out>.json")
     args = p.parse_args()
     result = {"coco_root": Path(args.coco_root).name, "old_rev": args.old_rev, "subsets": {}}
@@ -148,6 +198,15 @@ def main():
             print(f"instances ({kind}): {v['changed_annotations']} of {v['annotations']} differ, "
                   f"{v['changed']} pixels (only old {v['old_only']}, only new {v['new_only']}; "
                   f"old area {v['old_pixels']}, new area {v['new_pixels']}, the JSON's 'area' {v['json_area']:.0f})")
+        if args.rescore:
+            result["rescore"] = rescore(old, args.rescore, workdir)
+            print("| method | GT masks | best thr | mIoU | FP | FN | precision | recall |")
+            print("|---|---|---|---|---|---|---|---|")
+            for method, by_gt in result["rescore"].items():
+                for name in ("old", "new", "run_eval"):
+                    b = by_gt[name]
+                    print(f"| {method} | {name} | {b['threshold']:.2f} | {b['miou']:.4f} | {b['fp']:.4f} | "
+                          f"{b['fn']:.4f} | {b['precision']:.4f} | {b['recall']:.4f} |")
     write_results(args.out, result)
 
 
