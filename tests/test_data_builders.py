@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from wsss_ray.data.classmap import stable_id
-from wsss_ray.data.coco import COCO_TO_VOC, build_coco_manifest, rle_decode, segmentation_mask
+from wsss_ray.data.coco import COCO_TO_VOC, build_coco_manifest, segmentation_mask
 from wsss_ray.data.errors import ItemError
 from wsss_ray.data.folder import build_folder_manifest
 from wsss_ray.data.images import load_mask, load_rgb
@@ -181,7 +181,7 @@ def test_coco_2014_layout_builds_same_rows(tmp_path):
         build_coco_manifest(str(tmp_path), "train", str(tmp_path / "m"))
 
 
-# --------------------------------------------------------------------------- RLE
+# --------------------------------------------------------------------------- masks
 
 def _rle_encode_string(counts: list[int]) -> str:
     """COCO's compressed RLE, written from the format description (test oracle)."""
@@ -205,8 +205,51 @@ def _runs(mask: np.ndarray) -> list[int]:
 
 
 def test_rle_uncompressed_is_column_major():
-    m = rle_decode([1, 2, 3], 2, 3)
+    m = segmentation_mask({"size": [2, 3], "counts": [1, 2, 3]}, 2, 3)
+    assert m.dtype == bool
     assert m.tolist() == [[False, True, False], [True, False, False]]
+
+
+def test_rle_compressed_known_string():
+    # runs 2, 40, 1, 5 on 6x8: '2', 'X1' (40 = 8 + 1<<5), '1', then 5 - 40 = -35 as 'mN'
+    m = segmentation_mask({"size": [6, 8], "counts": "2X11mN"}, 6, 8)
+    expected = np.ones((6, 8), dtype=bool)
+    expected[0, 0] = expected[1, 0] = False  # the first run of 2, down column 0
+    expected[0, 7] = False                   # pixel 42 = row 0 of the last column
+    assert np.array_equal(m, expected)
+    assert np.array_equal(segmentation_mask({"counts": b"2X11mN"}, 6, 8), expected)
+
+
+def test_polygon_masks_take_pixel_centres():
+    # a rectangle x 1..4, y 1..3 covers the pixel centres of columns 1-3, rows 1-2
+    m = segmentation_mask([[1, 1, 4, 1, 4, 3, 1, 3]], 5, 6)
+    expected = np.zeros((5, 6), dtype=bool)
+    expected[1:3, 1:4] = True
+    assert np.array_equal(m, expected)
+    # triangle x + y < 5.5: centre (c + .5, r + .5) inside iff c + r <= 4 (15 pixels);
+    # a second part of the same object is added, a 2-point "polygon" is skipped
+    m = segmentation_mask([[0, 0, 5.5, 0, 0, 5.5], [5, 5, 6, 5, 6, 6, 5, 6], [0, 0, 1, 1]], 6, 6)
+    rows, cols = np.indices((6, 6))
+    expected = (rows + cols <= 4) | ((rows == 5) & (cols == 5))
+    assert np.array_equal(m, expected) and m.sum() == 16
+
+
+@pytest.mark.parametrize("seg,message", [
+    ({"counts": [5, 5]}, "sum to 10"),
+    ({"counts": [3, -1, 598]}, "non-negative"),
+    ({"size": [20, 31], "counts": [620]}, "differs from image size"),
+    ({"counts": "0hb"}, "ends inside a number"),
+    ({"counts": "0h b0"}, "bad character"),
+    ({"counts": "55"}, "less than"),
+    ({"counts": "0ob0"}, "more than"),
+    ({"counts": "0" + "o" * 7 + "0"}, "longer than 7"),
+    ([[1, 1, 2, 2]], "at least 3 points"),
+    ([[0, 0, 1, float("nan"), 2, 2]], "not finite"),
+    ({"area": 3}, "unknown segmentation format"),
+])
+def test_bad_segmentations_raise(seg, message):
+    with pytest.raises(ValueError, match=message):
+        segmentation_mask(seg, 20, 30)
 
 
 def test_rle_compressed_round_trip():
@@ -217,7 +260,7 @@ def test_rle_compressed_round_trip():
         mask[: h // 2, : w // 3] = True  # long runs: multi-char numbers and deltas
         counts = _runs(mask)
         assert sum(counts) == h * w
-        assert np.array_equal(rle_decode(counts, h, w), mask)
+        assert np.array_equal(segmentation_mask({"counts": counts}, h, w), mask)
         seg = {"size": [int(h), int(w)], "counts": _rle_encode_string(counts)}
         assert np.array_equal(segmentation_mask(seg, h, w), mask)
 

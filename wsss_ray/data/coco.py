@@ -5,15 +5,16 @@ GT mask per image: 0 background; non-crowd instances painted largest area first 
 objects end on top, value = class id + 1; crowd regions, annotations of an unknown
 category and (with a subset) objects outside the subset are 255 = ignore. All of them
 take part in the one largest-first pass, so a pixel gets the value of the smallest
-object covering it. Polygons are rasterised with PIL, RLE decoded here (no pycocotools).
+object covering it. Polygons and RLE go through pycocotools, COCO's reference API.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
-from PIL import Image, ImageDraw
+from pycocotools import mask as mask_api
 from tqdm import tqdm
 
 from wsss_ray.data.classmap import ErrorCollector, apply_class_subset, map_labels
@@ -116,75 +117,83 @@ def _ann_name(ann, k: int) -> str:
 
 
 # --------------------------------------------------------------------------- masks
+# Decoding and rasterising are pycocotools' (the COCO API's reference implementation, as
+# in its annToMask: frPyObjects, merge, decode). The checks below only reject input the C
+# code would not: it trusts every run length and reads each compressed number to its end.
 
-def rle_string_to_counts(s: str) -> list[int]:
-    """COCO's compressed RLE string -> run lengths. Each count is a signed number in
-    5-bit groups (chars offset by 48; 0x20 = more groups follow, 0x10 on the last group
-    = negative); from the third count on, counts are stored as a delta to the count two
-    places back (same-value runs have similar lengths)."""
-    counts: list[int] = []
-    pos = 0
-    while pos < len(s):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(s):
-                raise ValueError("RLE string ends inside a number")
-            c = ord(s[pos]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"bad character {s[pos]!r} in RLE string")
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 5
-            if not more and c & 0x10:
-                value -= 1 << shift  # sign-extend
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
+_COORD_LIMIT = 1e8  # pycocotools scales polygon points by 5 into C ints
 
 
-def rle_decode(counts, height: int, width: int) -> np.ndarray:
-    """Run lengths (alternating 0s and 1s, 0s first) in column-major order -> bool mask."""
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = rle_string_to_counts(counts)
+def _polygon_rle(polygons, height: int, width: int) -> dict:
+    """COCO polygons ([[x1, y1, x2, y2, ...], ...]) -> one compressed RLE (their union)."""
+    usable = []
+    for poly in polygons:
+        if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+            continue  # fewer than 3 points: no area
+        pts = [float(v) for v in poly]
+        if not all(math.isfinite(v) and abs(v) < _COORD_LIMIT for v in pts):
+            raise ValueError(f"polygon coordinate not finite or beyond {_COORD_LIMIT:g}")
+        usable.append(pts)
+    if not usable:
+        raise ValueError("no polygon with at least 3 points")
+    return mask_api.merge(mask_api.frPyObjects(usable, height, width))
+
+
+def _uncompressed_rle(counts, height: int, width: int) -> dict:
+    """Run lengths (alternating 0s and 1s, 0s first, column-major) -> compressed RLE."""
     runs = np.asarray(counts, dtype=np.int64)
     if runs.ndim != 1 or (runs < 0).any():
         raise ValueError("RLE counts must be a flat list of non-negative ints")
     if runs.sum() != height * width:
         raise ValueError(f"RLE counts sum to {runs.sum()}, expected {height}*{width}")
-    values = np.zeros(len(runs), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, runs).reshape(width, height).T
+    return mask_api.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
 
 
-def polygon_mask(polygons, height: int, width: int) -> np.ndarray:
-    """COCO polygons ([[x1, y1, x2, y2, ...], ...]) -> bool mask."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    drawn = 0
-    for poly in polygons:
-        if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
-            continue  # fewer than 3 points: no area
-        pts = [(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly), 2)]
-        draw.polygon(pts, fill=1, outline=1)
-        drawn += 1
-    if not drawn:
-        raise ValueError("no polygon with at least 3 points")
-    return np.asarray(canvas, dtype=bool)
+# a compressed count is 6-bit groups, chars '0'..'o'; 'P'..'o' say "more groups follow"
+_BAD_RLE_CHAR = re.compile(r"[^0-o]")
+_LONG_NUMBER = re.compile(r"[P-o]{7,}")  # a 32-bit run length needs at most 7 groups
+
+
+def _compressed_rle(counts, height: int, width: int) -> dict:
+    """COCO's compressed RLE string, checked so that pycocotools can decode it safely."""
+    s = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    bad = _BAD_RLE_CHAR.search(s)
+    if bad:
+        raise ValueError(f"bad character {bad.group()!r} in RLE string")
+    if s and s[-1] >= "P":
+        raise ValueError("RLE string ends inside a number")
+    if _LONG_NUMBER.search(s):
+        raise ValueError("RLE string holds a number longer than 7 groups")
+    rle = {"size": [height, width], "counts": s.encode("ascii")}
+    # pycocotools refuses runs past the mask's end but leaves a short mask's tail unset:
+    # the runs must also overrun a mask one pixel smaller, so they sum to height*width
+    try:
+        mask_api.decode({"size": [1, height * width - 1], "counts": rle["counts"]})
+    except ValueError:
+        return rle
+    raise ValueError(f"RLE counts sum to less than {height}*{width}")
 
 
 def segmentation_mask(seg, height: int, width: int) -> np.ndarray:
+    """One annotation's segmentation (polygons, uncompressed or compressed RLE) -> bool mask."""
     if isinstance(seg, list):
-        return polygon_mask(seg, height, width)
-    if isinstance(seg, dict) and "counts" in seg:
+        rle = _polygon_rle(seg, height, width)
+    elif isinstance(seg, dict) and "counts" in seg:
         size = seg.get("size")
         if size is not None and list(size) != [height, width]:
             raise ValueError(f"RLE size {list(size)} differs from image size {[height, width]}")
-        return rle_decode(seg["counts"], height, width)
-    raise ValueError(f"unknown segmentation format {type(seg).__name__}")
+        counts = seg["counts"]
+        if isinstance(counts, (str, bytes)):
+            rle = _compressed_rle(counts, height, width)
+        else:
+            rle = _uncompressed_rle(counts, height, width)
+    else:
+        raise ValueError(f"unknown segmentation format {type(seg).__name__}")
+    try:
+        m = mask_api.decode(rle)
+    except ValueError as e:  # runs longer than the mask
+        raise ValueError(f"RLE counts sum to more than {height}*{width}") from e
+    return np.ascontiguousarray(m, dtype=bool)
 
 
 def paint_semantic(height: int, width: int, layers) -> np.ndarray:
