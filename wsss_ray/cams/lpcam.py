@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, with_flips
+from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, select_classes, with_flips
 from wsss_ray.cams.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
 
 
@@ -66,17 +66,19 @@ def lpcam_terms(features: torch.Tensor, bank: PrototypeBank) -> tuple[torch.Tens
 
 
 def multiscale_lpcam(features_fn, bank: PrototypeBank, images: torch.Tensor, classes, out_size,
-                     scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True, fg_only: bool = False) -> list:
+                     scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True, fg_only: bool = False,
+                     normalise: bool = True) -> list:
     """LPCAM (or LPCAM-F) for each image's classes: flip fused at feature level
     (f(x) + flip(f(flip x))), then ``lpcam_from_features``."""
     per_scale = (fuse_flips(features_fn(with_flips(scaled_batch(images, s), flip)), flip) for s in scales)
-    return lpcam_from_features(per_scale, bank.to(images.device), classes, out_size, fg_only)
+    return lpcam_from_features(per_scale, bank.to(images.device), classes, out_size, fg_only, normalise)
 
 
-def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_only: bool = False) -> list:
+def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_only: bool = False,
+                        normalise: bool = True) -> list:
     """Flip-fused (N,D,h,w) features, one batch per scale (any iterable, consumed one scale at a
     time) -> each image's class maps: FG - BG per scale, upsampled, mean over scales, relu,
-    max-norm."""
+    max-norm (``normalise=False``: before the max-norm)."""
     total, count = None, 0
     for feats in per_scale:
         fg, bg = lpcam_terms(feats, bank)
@@ -85,7 +87,8 @@ def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_on
         total = diff if total is None else total + diff
         count += 1
     total = torch.relu(total / count)
-    return [normalise_per_map(total[i, list(cls)]) for i, cls in enumerate(classes)]
+    picked = select_classes(total, classes)
+    return [normalise_per_map(m) for m in picked] if normalise else picked
 
 
 def cam_on_feature_grid(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
