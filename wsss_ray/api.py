@@ -187,19 +187,33 @@ class ReCAM(CAM):
         super().__init__(model, variant=variant, **kwargs)
 
 
+def check_settings(settings: dict, config_cls) -> None:
+    """The map functions ignore unknown keys; a caller's typo should not pass silently."""
+    unknown = set(settings) - set(config_cls.__dataclass_fields__) - {"variant"}
+    if unknown:
+        raise TypeError(f"unknown {config_cls.__name__} settings {sorted(unknown)}")
+
+
 class InferCam(MapMethod):
     """InferCam; keyword arguments override ``cams.infercam.InferCamConfig`` (split, iterate, ...)."""
     kind = "infercam"
 
-    def __init__(self, model: Model, **kwargs):
-        if kwargs.get("normalise") is False:
+    def __init__(self, model: Model, *, device=None, normalise: bool = True, stride: int = 1, **settings):
+        from wsss_ray.cams.infercam import InferCamConfig
+        if not normalise:
             raise ValueError("InferCam unites max-normalised patch maps: it has no raw maps")
-        super().__init__(model, **kwargs)
+        check_settings(settings, InferCamConfig)
+        super().__init__(model, device=device, stride=stride, **settings)
 
 
 class AdvCAM(MapMethod):
-    """AdvCAM; keyword arguments override ``cams.advcam.AdvCamConfig`` (steps, xi, ...)."""
+    """AdvCAM; keyword arguments override ``cams.advcam.AdvCamConfig`` (steps, step_size, ...)."""
     kind = "advcam"
+
+    def __init__(self, model: Model, *, device=None, normalise: bool = True, stride: int = 1, **settings):
+        from wsss_ray.cams.advcam import AdvCamConfig
+        check_settings(settings, AdvCamConfig)
+        super().__init__(model, device=device, normalise=normalise, stride=stride, **settings)
 
 
 class LPCAM(MapMethod):
