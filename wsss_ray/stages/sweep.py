@@ -36,7 +36,6 @@ import json
 import math
 import os
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +51,7 @@ from wsss_ray.config import (CamConfig, EvalConfig, LPCAMConfig, ModelConfig, Tr
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
-from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
+from wsss_ray.selection import FairAccumulator, fair_protocol, split_selection_report, sweep_summary
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
 from wsss_ray.stages.evaluate import image_confusions, save_figure
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
@@ -322,37 +321,6 @@ def sweep_maps(run: RunDir, cfg: LPCAMConfig, image_ids=None) -> dict[int, np.nd
     return out
 
 
-# ----------------------------------------------------------------------------- progressive evaluation
-
-class FairAccumulator:
-    """Confusions of the selection and report subsets, summed image by image."""
-
-    def __init__(self, thresholds, num_classes: int, selection: set[int]):
-        self.thresholds, self.selection = list(thresholds), selection
-        k = num_classes + 1
-        self.conf = {"selection": np.zeros((len(thresholds), k, k), np.int64),
-                     "report": np.zeros((len(thresholds), k, k), np.int64)}
-        self.count = {"selection": 0, "report": 0}
-
-    def add(self, image_id: int, confusion: np.ndarray) -> None:
-        part = "selection" if image_id in self.selection else "report"
-        self.conf[part] += confusion
-        self.count[part] += 1
-
-    def summary(self) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)     # an empty subset early on: NaN
-            return fair_protocol(self.thresholds, self.conf["selection"], self.conf["report"],
-                                 self.count["selection"], self.count["report"])
-
-    def metrics(self) -> dict:
-        s = self.summary()
-        return {"miou": s["papers_protocol"]["miou"], "best_threshold": s["papers_protocol"]["threshold"],
-                "sel_miou": s["selection"]["miou"], "sel_threshold": s["selection"]["threshold"],
-                "report_miou": s["report"]["miou"], "images": sum(self.count.values()),
-                "miou_at": {f"{t:.2f}": float(v) for t, v in zip(self.thresholds, s["papers_protocol"]["curve"])}}
-
-
 def trial_lpcam_config(base: dict, config: dict) -> LPCAMConfig:
     knobs = {k: (int(config[k]) if k == "k" else float(config[k])) for k in KNOBS if k in config}
     return dataclasses.replace(from_dict(LPCAMConfig, base), **knobs)
@@ -483,17 +451,6 @@ def plot_knob(rows: list[dict], knob: str, png_path: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, png_path)
-
-
-def sweep_summary(rows: list[dict]) -> dict:
-    """The config each protocol would pick: the papers' (best mIoU over all images) and
-    the fair one (best on the selection subset, reported on the report subset)."""
-    complete = [r for r in rows if r.get("complete") and not r.get("error")]
-    papers, fair = choose_config(complete, "miou"), choose_config(complete, "sel_miou")
-    return {"trials": len(rows), "complete": len(complete),
-            "papers_protocol": papers and {k: v for k, v in papers.items() if k != "trial_dir"},
-            "fair": fair and {k: v for k, v in fair.items() if k != "trial_dir"},
-            "fair_report_miou": fair and fair["report_miou"]}
 
 
 # ----------------------------------------------------------------------------- post-processing sweep
