@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from _common import COCO_TINY, add_load_args, measured, ratio, scratch_dir, show, stopwatch
-from wsss_ray.clustering import spherical_kmeans
+from wsss_ray.cams.clustering import spherical_kmeans
 
 
 def parse_args():

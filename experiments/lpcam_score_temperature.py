@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks._common import command_line, write_results
-from wsss_ray.cams.lpcam import class_scores
+from wsss_ray.cams.prototypes import class_scores
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir

@@ -20,10 +20,11 @@ from benchmarks._common import measured, show
 from wsss_ray.cams.cam import strided_size
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
+from wsss_ray.selection import FairAccumulator
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.stages.session import ensure_ray
-from wsss_ray.stages.sweep import (FairAccumulator, build_feature_cache, evaluable_images, image_meta,
+from wsss_ray.stages.sweep import (build_feature_cache, evaluable_images, image_meta,
                                    iter_cached_images, lpcam_from_fused, run_config, trial_bank, trial_centres)
 from wsss_ray.store import map_row
 

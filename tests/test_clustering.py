@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsss_ray.clustering import spherical_kmeans
+from wsss_ray.cams.clustering import spherical_kmeans
 
 
 def _points(seed=0, n=400, d=8):
@@ -106,7 +106,7 @@ def test_the_clustering_task_module_does_not_import_torch():
 
 
 def test_cluster_sums_equal_a_plain_loop_across_blocks():
-    from wsss_ray.clustering import cluster_sums
+    from wsss_ray.cams.clustering import cluster_sums
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50, 7)).astype(np.float32)
     assign = rng.integers(0, 4, 50)

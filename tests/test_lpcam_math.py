@@ -10,17 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.lpcam import (
-    CONTEXT,
-    FG,
-    PrototypeBank,
-    class_scores,
-    lpcam_terms,
-    multiscale_lpcam,
-    select_context,
-    select_foreground,
-    split_positions,
-)
+from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, lpcam_terms, multiscale_lpcam, split_positions
+from wsss_ray.cams.prototypes import class_scores, select_context, select_foreground
 
 R2 = math.sqrt(2.0)
 

@@ -8,10 +8,12 @@ threshold, and in sweeps the configuration, is chosen) and a disjoint *report* s
 (where mIoU is measured at the chosen threshold). Both protocols are reported side by
 side so the optimism of the papers' number is visible.
 
-Pure numpy (no Ray): the stages call these functions on confusion matrices.
+Pure numpy (no Ray): the stages call these functions on confusion matrices; sweeps sum them
+image by image (``FairAccumulator``) and pick a configuration per protocol (``sweep_summary``).
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -107,3 +109,43 @@ def choose_config(rows: Sequence[dict], key: str) -> dict | None:
     """The row with the highest ``key`` among rows that have it (NaN and missing skipped)."""
     scored = [r for r in rows if r.get(key) is not None and not np.isnan(float(r[key]))]
     return max(scored, key=lambda r: float(r[key])) if scored else None
+
+
+class FairAccumulator:
+    """Confusions of the selection and report subsets, summed image by image."""
+
+    def __init__(self, thresholds, num_classes: int, selection: set[int]):
+        self.thresholds, self.selection = list(thresholds), selection
+        k = num_classes + 1
+        self.conf = {"selection": np.zeros((len(thresholds), k, k), np.int64),
+                     "report": np.zeros((len(thresholds), k, k), np.int64)}
+        self.count = {"selection": 0, "report": 0}
+
+    def add(self, image_id: int, confusion: np.ndarray) -> None:
+        part = "selection" if image_id in self.selection else "report"
+        self.conf[part] += confusion
+        self.count[part] += 1
+
+    def summary(self) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # an empty subset early on: NaN
+            return fair_protocol(self.thresholds, self.conf["selection"], self.conf["report"],
+                                 self.count["selection"], self.count["report"])
+
+    def metrics(self) -> dict:
+        s = self.summary()
+        return {"miou": s["papers_protocol"]["miou"], "best_threshold": s["papers_protocol"]["threshold"],
+                "sel_miou": s["selection"]["miou"], "sel_threshold": s["selection"]["threshold"],
+                "report_miou": s["report"]["miou"], "images": sum(self.count.values()),
+                "miou_at": {f"{t:.2f}": float(v) for t, v in zip(self.thresholds, s["papers_protocol"]["curve"])}}
+
+
+def sweep_summary(rows: list[dict]) -> dict:
+    """The config each protocol would pick: the papers' (best mIoU over all images) and
+    the fair one (best on the selection subset, reported on the report subset)."""
+    complete = [r for r in rows if r.get("complete") and not r.get("error")]
+    papers, fair = choose_config(complete, "miou"), choose_config(complete, "sel_miou")
+    return {"trials": len(rows), "complete": len(complete),
+            "papers_protocol": papers and {k: v for k, v in papers.items() if k != "trial_dir"},
+            "fair": fair and {k: v for k, v in fair.items() if k != "trial_dir"},
+            "fair_report_miou": fair and fair["report_miou"]}

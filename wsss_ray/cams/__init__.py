@@ -1,1 +1,2 @@
-"""Map methods (CAM, ReCAM, LPCAM, InferCam): pure torch, nothing here knows of Ray."""
+"""Map methods (CAM, ReCAM, LPCAM, InferCam, AdvCAM): pure torch / numpy, nothing here knows of
+Ray. Imports nothing itself: ``cams.clustering`` must stay importable without torch."""

@@ -186,13 +186,14 @@ def scale_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tens
 
 def advcam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
                 out_size: tuple[int, int], scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
-                cfg: AdvCamConfig = AdvCamConfig()) -> list[torch.Tensor]:
-    """AdvCAM maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised."""
+                cfg: AdvCamConfig = AdvCamConfig(), normalise: bool = True) -> list[torch.Tensor]:
+    """AdvCAM maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised
+    (``normalise=False``: the sum over scales)."""
     out_size = tuple(out_size)
     owner, cls = class_pairs(classes, images.device)
     if len(cls) == 0:
         return [images.new_zeros(0, *out_size) for _ in classes]
     weight = weight.detach()
     total = sum(scale_maps(features_fn, weight, images, owner, cls, s, out_size, flip, cfg) for s in scales)
-    per_image = normalise_per_map(total).split([len(c) for c in classes])
+    per_image = (normalise_per_map(total) if normalise else total).split([len(c) for c in classes])
     return list(per_image)

@@ -65,6 +65,11 @@ def multiscale_cam(features_fn: Callable[[torch.Tensor], torch.Tensor], weight: 
     return total
 
 
+def select_classes(cams: torch.Tensor, classes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Keep each image's GT classes (its own list): one (len(classes[i]), h, w) tensor per image."""
+    return [cams[i, list(cls)] for i, cls in enumerate(classes)]
+
+
 def select_and_normalise(cams: torch.Tensor, classes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """Keep each image's GT classes (its own list) and max-normalise each class map."""
-    return [normalise_per_map(cams[i, list(cls)]) for i, cls in enumerate(classes)]
+    return [normalise_per_map(m) for m in select_classes(cams, classes)]

@@ -1,4 +1,6 @@
-"""LPCAM (METHODS.md section 2): maps from cosine similarity to per-class local prototypes.
+"""LPCAM (METHODS.md section 2): the foreground/context split of an image's features, and maps
+from cosine similarity to per-class local prototypes (clustered in ``cams.clustering``,
+selected in ``cams.prototypes``).
 
 ``FG_n = mean_i cos(f, F_i)`` over class n's foreground prototypes, ``BG_n = mean_j cos(f, B_j)``
 over its context prototypes, ``LPCAM_n = relu(FG_n - BG_n) / max``. All prototypes of all
@@ -13,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, with_flips
-from wsss_ray.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
+from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, select_classes, with_flips
+from wsss_ray.cams.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
 
 
 @dataclass
@@ -35,13 +37,19 @@ class PrototypeBank:
         return cls(F.normalize(vectors, dim=1) if m else vectors, fg_avg, bg_avg)
 
     @classmethod
+    def from_rows(cls, rows: list[dict], num_classes: int) -> "PrototypeBank":
+        """From selected prototype rows (class_id, kind, vector), as ``cams.prototypes`` selects them."""
+        if not rows:
+            raise ValueError("empty prototype set: run the prototype stage (no class has a prototype)")
+        vectors = np.stack([np.asarray(r["vector"], np.float32) for r in rows])
+        return cls.from_arrays(vectors, [r["class_id"] for r in rows], [r["kind"] for r in rows], num_classes)
+
+    @classmethod
     def from_table(cls, table, num_classes: int) -> "PrototypeBank":
         """From a prototypes Parquet table (selected rows: class_id, kind, vector)."""
-        if table is None or table.num_rows == 0:
-            raise ValueError("empty prototype set: run the prototype stage (no class has a prototype)")
-        vectors = np.stack([np.asarray(v, np.float32) for v in table.column("vector").to_pylist()])
-        return cls.from_arrays(vectors, table.column("class_id").to_pylist(), table.column("kind").to_pylist(),
-                               num_classes)
+        if table is None:
+            return cls.from_rows([], num_classes)
+        return cls.from_rows(table.select(["class_id", "kind", "vector"]).to_pylist(), num_classes)
 
     def to(self, device) -> "PrototypeBank":
         return PrototypeBank(self.vectors.to(device), self.fg_avg.to(device), self.bg_avg.to(device))
@@ -58,38 +66,36 @@ def lpcam_terms(features: torch.Tensor, bank: PrototypeBank) -> tuple[torch.Tens
 
 
 def multiscale_lpcam(features_fn, bank: PrototypeBank, images: torch.Tensor, classes, out_size,
-                     scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True, fg_only: bool = False) -> list:
+                     scales=(1.0, 0.5, 1.5, 2.0), flip: bool = True, fg_only: bool = False,
+                     normalise: bool = True) -> list:
     """LPCAM (or LPCAM-F) for each image's classes: flip fused at feature level
-    (f(x) + flip(f(flip x))), FG - BG per scale, upsampled, mean over scales, relu, max-norm."""
-    bank = bank.to(images.device)
-    total = None
-    for scale in scales:
-        feats = fuse_flips(features_fn(with_flips(scaled_batch(images, scale), flip)), flip)
+    (f(x) + flip(f(flip x))), then ``lpcam_from_features``."""
+    per_scale = (fuse_flips(features_fn(with_flips(scaled_batch(images, s), flip)), flip) for s in scales)
+    return lpcam_from_features(per_scale, bank.to(images.device), classes, out_size, fg_only, normalise)
+
+
+def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_only: bool = False,
+                        normalise: bool = True) -> list:
+    """Flip-fused (N,D,h,w) features, one batch per scale (any iterable, consumed one scale at a
+    time) -> each image's class maps: FG - BG per scale, upsampled, mean over scales, relu,
+    max-norm (``normalise=False``: before the max-norm)."""
+    total, count = None, 0
+    for feats in per_scale:
         fg, bg = lpcam_terms(feats, bank)
         diff = fg if fg_only else fg - bg
         diff = F.interpolate(diff, size=out_size, mode="bilinear", align_corners=False)
         total = diff if total is None else total + diff
-    total = torch.relu(total / len(scales))
-    return [normalise_per_map(total[i, list(cls)]) for i, cls in enumerate(classes)]
+        count += 1
+    total = torch.relu(total / count)
+    picked = select_classes(total, classes)
+    return [normalise_per_map(m) for m in picked] if normalise else picked
 
 
-def class_scores(centres: np.ndarray, head_weight: np.ndarray) -> np.ndarray:
-    """p = softmax over classes of (centre . W): (K, C)."""
-    logits = torch.as_tensor(centres, dtype=torch.float64) @ torch.as_tensor(head_weight, dtype=torch.float64).T
-    return torch.softmax(logits, dim=1).numpy()
-
-
-def select_foreground(scores_n: np.ndarray, mu_f: float) -> tuple[np.ndarray, bool]:
-    """Indices of centres with p[n] > mu_f; else the arg-max centre (never an empty set)."""
-    chosen = np.flatnonzero(scores_n > mu_f)
-    if len(chosen) == 0 and len(scores_n):
-        return np.array([int(np.argmax(scores_n))]), True
-    return chosen, False
-
-
-def select_context(scores_n: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Indices of context centres with low < p[n] < high (may be empty: no context term)."""
-    return np.flatnonzero((scores_n > low) & (scores_n < high))
+def cam_on_feature_grid(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) CAMs resampled to the (h, w) feature grid by nearest neighbour."""
+    x = cams.float()
+    grid = F.interpolate(x.reshape(1, -1, *x.shape[-2:]), size=tuple(size), mode="nearest")
+    return grid.reshape(*x.shape[:-2], *size)
 
 
 def split_positions(features: torch.Tensor, cam: torch.Tensor, tau: float, cap: int = 0,
@@ -100,7 +106,7 @@ def split_positions(features: torch.Tensor, cam: torch.Tensor, tau: float, cap: 
     most that many positions of each kind (a seeded random subset).
     """
     d, h, w = features.shape
-    cam = F.interpolate(cam[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+    cam = cam_on_feature_grid(cam, (h, w))
     rows = features.reshape(d, -1).T.float().cpu().numpy()
     fg_mask = (cam >= tau).reshape(-1).cpu().numpy()
     fg, ctx = rows[fg_mask], rows[~fg_mask]
@@ -108,3 +114,17 @@ def split_positions(features: torch.Tensor, cam: torch.Tensor, tau: float, cap: 
         fg = fg[np.sort(rng.permutation(len(fg))[:cap])] if len(fg) > cap else fg
         ctx = ctx[np.sort(rng.permutation(len(ctx))[:cap])] if len(ctx) > cap else ctx
     return fg, ctx
+
+
+def split_image(image_id: int, features: torch.Tensor, cam_classes, cams: torch.Tensor, sample_classes,
+                cfg) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """One image's (class, foreground rows, context rows) for each class it is sampled for: its
+    (D,h,w) scale-1.0 features split by that class's CAM at ``cfg.tau``; the position cap
+    draws from a generator seeded by (seed, image, class), so any caller takes the same rows."""
+    out = []
+    for c in sample_classes:
+        rng = np.random.default_rng([cfg.seed, image_id, c])
+        fg, ctx = split_positions(features, cams[list(cam_classes).index(c)], cfg.tau,
+                                  cfg.max_positions_per_image, rng)
+        out.append((c, fg, ctx))
+    return out

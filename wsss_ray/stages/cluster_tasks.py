@@ -1,4 +1,5 @@
-"""The LPCAM clustering task: reads one class's sampled features and runs spherical k-means.
+"""The LPCAM clustering task: reads one class's sampled features and clusters them
+(``cams.clustering``, the one implementation).
 
 Kept free of torch and the models: a Ray worker that runs it imports numpy, pyarrow and faiss
 only (0.3 s against 3.4 s for the prototypes module), which is most of the clustering step's
@@ -10,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wsss_ray.clustering import CONTEXT, FG, Clusters, spherical_kmeans
+from wsss_ray.cams import clustering
+from wsss_ray.cams.clustering import CONTEXT, FG
 from wsss_ray.store import join_uri, list_shards, open_fs
 
 
@@ -29,15 +31,8 @@ def class_features(features_dir: str, class_id: int, dim: int) -> dict[str, np.n
 
 def cluster_class(features_dir: str, class_id: int, dim: int, k: int, iters: int, seed: int,
                   use_gpu: bool | None = None) -> list[dict]:
-    """Spherical k-means of one class's foreground and context features separately."""
-    return [row for kind, points in class_features(features_dir, class_id, dim).items()
-            for row in centre_rows(class_id, kind, spherical_kmeans(points, k, iters, seed + class_id, use_gpu))]
-
-
-def centre_rows(class_id: int, kind: str, clusters: Clusters) -> list[dict]:
-    """One row per cluster centre (the centres table before its class scores)."""
-    return [{"class_id": class_id, "kind": kind, "cluster": j, "size": int(n), "vector": v.tolist()}
-            for j, (v, n) in enumerate(zip(clusters.prototypes, clusters.sizes))]
+    """The centre rows of one class's stored features."""
+    return clustering.cluster_class(class_id, class_features(features_dir, class_id, dim), k, iters, seed, use_gpu)
 
 
 def cluster_classes(features_dir: str, class_ids: list[int], dim: int, k: int, iters: int, seed: int,

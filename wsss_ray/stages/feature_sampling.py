@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from wsss_ray.cams.lpcam import CONTEXT, FG, split_positions
+from wsss_ray.cams.lpcam import CONTEXT, FG, split_image
 from wsss_ray.config import LPCAMConfig
 from wsss_ray.stages.chunks import chunk_name
 from wsss_ray.store import open_fs, write_table_atomic
@@ -42,6 +42,17 @@ def sample_images(manifest: pa.Table, num_classes: int, per_class: int, seed: in
         for image_id in ids:
             chosen.setdefault(int(image_id), []).append(c)
     return chosen
+
+
+def sampling_order(shapes: dict[int, tuple], manifest_ids) -> list[int]:
+    """The order the feature sampling visits the images in ``shapes`` (image_id -> (H, W)):
+    chunks of all sorted manifest ids, then same-shape batches (``extract.batches_by_shape``).
+    k-means depends on point order, so a caller that clusters elsewhere feeds it the same."""
+    ids = sorted(manifest_ids)
+    order = []
+    for i in range(0, len(ids), FEATURE_CHUNK):
+        order += sorted((j for j in ids[i:i + FEATURE_CHUNK] if j in shapes), key=lambda j: (tuple(shapes[j]), j))
+    return order
 
 
 def with_sample_classes(manifest: pa.Table, num_classes: int, cfg: LPCAMConfig) -> pa.Table:
@@ -75,10 +86,7 @@ class FeatureSampler:
             sample_classes: list[int]) -> None:
         """One image: (D,h,w) scale-1.0 features, its stored CAM maps (one per cam_classes entry)."""
         start = time.perf_counter()
-        for c in sample_classes:
-            rng = np.random.default_rng([self.cfg.seed, image_id, c])
-            fg, ctx = split_positions(features, cams[cam_classes.index(c)], self.cfg.tau,
-                                      self.cfg.max_positions_per_image, rng)
+        for c, fg, ctx in split_image(image_id, features, cam_classes, cams, sample_classes, self.cfg):
             rows = self.per_class.setdefault(c, [])
             rows += [(image_id, FG, v) for v in fg] + [(image_id, CONTEXT, v) for v in ctx]
             self.index.append({"image_id": image_id, "class_id": c, "n_fg": len(fg), "n_context": len(ctx)})

@@ -1,5 +1,7 @@
 """LPCAM prototype stage: feature sampling (fused into the CAM pass, or a Ray Data actor
 pool of its own) -> per-class spherical k-means (Ray tasks, faiss) -> prototype selection.
+The maths is ``cams.lpcam`` (split), ``cams.clustering`` and ``cams.prototypes``; this module
+distributes it and stores its results.
 
 Layout under the run directory:
   features/...                            see ``feature_sampling``
@@ -17,7 +19,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from wsss_ray.cams.lpcam import CONTEXT, FG, class_scores, select_context, select_foreground
+from wsss_ray.cams import prototypes
 from wsss_ray.config import CamConfig, LPCAMConfig, to_json
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
@@ -84,11 +86,7 @@ CENTRES_SCHEMA = pa.schema([("class_id", pa.int32()), ("kind", pa.string()), ("c
 
 def centres_table(rows: list[dict], head: np.ndarray) -> pa.Table:
     """Centre rows with their class score p = softmax(centre . W)[class] (prototypes/centres.parquet)."""
-    if rows:
-        scores = class_scores(np.asarray([r["vector"] for r in rows], np.float32), head)
-        for r, p in zip(rows, scores):
-            r["score"] = float(p[r["class_id"]])
-    return pa.Table.from_pylist(rows, schema=CENTRES_SCHEMA)
+    return pa.Table.from_pylist(prototypes.score_centres(rows, head), schema=CENTRES_SCHEMA)
 
 
 def cluster_task_groups(num_classes: int, slots: int) -> list[list[int]]:
@@ -120,26 +118,11 @@ def cluster_all(run: RunDir, checkpoint: str, cfg: LPCAMConfig, use_gpu: bool = 
 
 
 def select_prototypes(centres: pa.Table, num_classes: int, cfg: LPCAMConfig) -> tuple[pa.Table, dict]:
-    """Apply mu_f / (mu_b_low, mu_b_high) to the stored centres (no re-clustering)."""
-    rows = centres.to_pylist()
-    chosen, fallbacks, no_context = [], [], []
-    for c in range(num_classes):
-        for kind in (FG, CONTEXT):
-            members = [r for r in rows if r["class_id"] == c and r["kind"] == kind]
-            scores = np.asarray([r["score"] for r in members])
-            if kind == FG:
-                idx, fell_back = select_foreground(scores, cfg.mu_f)
-                if fell_back:
-                    fallbacks.append(c)
-            else:
-                idx = select_context(scores, cfg.mu_b_low, cfg.mu_b_high)
-                if len(idx) == 0:
-                    no_context.append(c)
-            chosen += [dict(members[i], fallback=kind == FG and bool(fell_back)) for i in idx]
+    """Apply mu_f / (mu_b_low, mu_b_high) to the stored centres (no re-clustering); each row
+    keeps the config that chose it."""
+    chosen, info = prototypes.select_prototypes(centres.to_pylist(), num_classes, cfg)
     config = to_json(cfg)
-    table = pa.Table.from_pylist([dict(r, config=config) for r in chosen])
-    return table, {"fallback_classes": fallbacks, "classes_without_context": no_context,
-                   "classes_without_prototypes": sorted(set(range(num_classes)) - {r["class_id"] for r in chosen})}
+    return pa.Table.from_pylist([dict(r, config=config) for r in chosen]), info
 
 
 def build_prototypes(run: RunDir, checkpoint: str, cfg: LPCAMConfig, name: str = "lpcam") -> dict:

@@ -14,7 +14,9 @@ images (the chunked actor pool every stage uses) writes a feature cache:
   sweeps/_cache/info.json                  what made the cache, its bytes
 
 A trial splits by its tau, clusters per class (its K), selects prototypes (its mu), makes
-maps from the cached fused features exactly as ``multiscale_lpcam`` does, evaluates them
+maps from the cached fused features (the very functions of ``cams.lpcam``,
+``cams.clustering`` and ``cams.prototypes`` that the prototype stage and the map
+extraction call), evaluates them
 chunk by chunk and reports to Tune after each chunk, so ASHA can stop a bad trial early.
 
 Training sweep (ReCAM lambda, lr_fc2): each trial trains through ``train_classifier`` (a
@@ -27,7 +29,6 @@ chosen on the images it is reported on) next to a selection/report split
 """
 from __future__ import annotations
 
-from wsss_ray.stages.evaluate import save_figure
 import dataclasses
 import hashlib
 import importlib.util
@@ -35,29 +36,26 @@ import json
 import math
 import os
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
-from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, strided_size, with_flips
-from wsss_ray.cams.lpcam import CONTEXT, FG, PrototypeBank, lpcam_terms, split_positions
-from wsss_ray.clustering import spherical_kmeans
+from wsss_ray.cams.cam import fuse_flips, scaled_batch, strided_size, with_flips
+from wsss_ray.cams.clustering import CONTEXT, FG, cluster_points
+from wsss_ray.cams.lpcam import PrototypeBank, cam_on_feature_grid, lpcam_from_features, split_image
 from wsss_ray.config import (CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict, recam_model,
                              to_dict)
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.rundir import RunDir
-from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
+from wsss_ray.selection import FairAccumulator, fair_protocol, split_selection_report, sweep_summary
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
-from wsss_ray.stages.evaluate import image_confusions
+from wsss_ray.stages.evaluate import image_confusions, save_figure
 from wsss_ray.stages.extract import ModelRunner, _Factory, batches_by_shape
-from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, sample_images
-from wsss_ray.stages.cluster_tasks import centre_rows
+from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, sample_images, sampling_order
 from wsss_ray.stages.prototypes import centres_table, select_prototypes
 from wsss_ray.store import (decode_maps, encode_maps, join_uri, list_shards, map_row, open_fs, read_table_uri,
                             write_table_atomic, write_table_uri)
@@ -106,10 +104,10 @@ def _bytes(array: np.ndarray) -> bytes:
 
 
 def _feature_grid_cams(cam_row: dict, h: int, w: int) -> np.ndarray:
-    """The stored CAM at the feature grid by nearest neighbour (as ``split_positions``
-    resamples it), kept as the same uint8 levels: the split at any tau is unchanged."""
+    """The stored CAM at the feature grid (as the split resamples it), kept as the same uint8
+    levels: the split at any tau is unchanged."""
     maps = torch.from_numpy(decode_maps(cam_row["data"], cam_row["map_shape"]))
-    grid = F.interpolate(maps[None], size=(h, w), mode="nearest")[0]
+    grid = cam_on_feature_grid(maps, (h, w))
     return np.frombuffer(encode_maps(grid.numpy()), np.uint8).reshape(grid.shape)
 
 
@@ -232,46 +230,20 @@ def read_split(run: RunDir) -> dict[int, dict]:
     return out
 
 
-def stage_order(shapes: dict[int, tuple], manifest_ids) -> list[int]:
-    """The order the LPCAM feature sampling visits the images in ``shapes`` (chunks of all
-    sorted manifest ids, then same-shape batches): k-means depends on point order, so
-    trials feed it the same."""
-    ids = sorted(manifest_ids)
-    order = []
-    for i in range(0, len(ids), FEATURE_CHUNK):
-        order += sorted((j for j in ids[i:i + FEATURE_CHUNK] if j in shapes), key=lambda j: (tuple(shapes[j]), j))
-    return order
-
-
 def split_points(split: dict[int, dict], sampled: dict[int, list[int]], cfg: LPCAMConfig,
                  manifest_ids) -> dict[int, dict]:
-    """Class -> {fg, context} points at the trial's tau, as the feature sampling takes them."""
+    """Class -> {fg, context} row blocks at the trial's tau, in the feature sampling's order."""
     per_class: dict[int, dict] = {}
     shapes = {i: (split[i]["height"], split[i]["width"]) for i in sampled if i in split}
-    for image_id in stage_order(shapes, manifest_ids):
+    for image_id in sampling_order(shapes, manifest_ids):
         row = split[image_id]
-        feats = torch.from_numpy(row["feat"])
-        for c in sampled[image_id]:
-            rng = np.random.default_rng([cfg.seed, image_id, c])
-            cam = torch.from_numpy(row["cam"][row["cam_classes"].index(c)])
-            fg, ctx = split_positions(feats, cam, cfg.tau, cfg.max_positions_per_image, rng)
+        cams = torch.from_numpy(row["cam"])
+        for c, fg, ctx in split_image(image_id, torch.from_numpy(row["feat"]), row["cam_classes"], cams,
+                                      sampled[image_id], cfg):
             bucket = per_class.setdefault(c, {FG: [], CONTEXT: []})
             bucket[FG].append(fg)
             bucket[CONTEXT].append(ctx)
     return per_class
-
-
-def cluster_points(per_class: dict[int, dict], num_classes: int, dim: int, cfg: LPCAMConfig,
-                   head: np.ndarray) -> pa.Table:
-    """Spherical k-means per class and kind, scored by the classifier head (the centres
-    table the prototype stage writes)."""
-    rows = []
-    for c in range(num_classes):
-        for kind in (FG, CONTEXT):
-            parts = per_class.get(c, {}).get(kind, [])
-            points = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-            rows += centre_rows(c, kind, spherical_kmeans(points, cfg.k, cfg.kmeans_iters, cfg.seed + c))
-    return centres_table(rows, head)
 
 
 def centres_key(cfg: LPCAMConfig) -> str:
@@ -289,7 +261,7 @@ def trial_centres(run: RunDir, cfg: LPCAMConfig, head: np.ndarray) -> pa.Table:
     manifest, classes = read_manifest(run.manifest())
     sampled = sample_images(manifest, classes.num_classes, cfg.images_per_class, cfg.seed)
     per_class = split_points(read_split(run), sampled, cfg, manifest.column("image_id").to_pylist())
-    table = cluster_points(per_class, classes.num_classes, head.shape[1], cfg, head)
+    table = centres_table(cluster_points(per_class, classes.num_classes, head.shape[1], cfg), head)
     write_table_uri(table, path)
     return table
 
@@ -304,16 +276,9 @@ def trial_bank(run: RunDir, cfg: LPCAMConfig) -> PrototypeBank:
 
 def lpcam_from_fused(fused: list[torch.Tensor], bank: PrototypeBank, classes, out_size,
                      fg_only: bool = False) -> torch.Tensor:
-    """``multiscale_lpcam`` from cached flip-fused features (one (D,h,w) tensor per scale,
-    in the CAM config's scale order): FG - BG per scale, upsampled, mean, relu, max-norm."""
-    total = None
-    for feats in fused:
-        fg, bg = lpcam_terms(feats[None].float(), bank)
-        diff = fg if fg_only else fg - bg
-        diff = F.interpolate(diff, size=out_size, mode="bilinear", align_corners=False)
-        total = diff if total is None else total + diff
-    total = torch.relu(total / len(fused))
-    return normalise_per_map(total[0, list(classes)])
+    """One image's LPCAM maps from its cached flip-fused features (one (D,h,w) tensor per
+    scale, in the CAM config's scale order)."""
+    return lpcam_from_features((f[None].float() for f in fused), bank, [classes], out_size, fg_only)[0]
 
 
 def iter_cached_images(run: RunDir, image_ids: set | None = None, seed: int = 0, dtype: str = "float16"):
@@ -354,37 +319,6 @@ def sweep_maps(run: RunDir, cfg: LPCAMConfig, image_ids=None) -> dict[int, np.nd
                                 cfg.fg_only)
         out[image_id] = decode_maps(encode_maps(maps.numpy()), maps.shape)
     return out
-
-
-# ----------------------------------------------------------------------------- progressive evaluation
-
-class FairAccumulator:
-    """Confusions of the selection and report subsets, summed image by image."""
-
-    def __init__(self, thresholds, num_classes: int, selection: set[int]):
-        self.thresholds, self.selection = list(thresholds), selection
-        k = num_classes + 1
-        self.conf = {"selection": np.zeros((len(thresholds), k, k), np.int64),
-                     "report": np.zeros((len(thresholds), k, k), np.int64)}
-        self.count = {"selection": 0, "report": 0}
-
-    def add(self, image_id: int, confusion: np.ndarray) -> None:
-        part = "selection" if image_id in self.selection else "report"
-        self.conf[part] += confusion
-        self.count[part] += 1
-
-    def summary(self) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)     # an empty subset early on: NaN
-            return fair_protocol(self.thresholds, self.conf["selection"], self.conf["report"],
-                                 self.count["selection"], self.count["report"])
-
-    def metrics(self) -> dict:
-        s = self.summary()
-        return {"miou": s["papers_protocol"]["miou"], "best_threshold": s["papers_protocol"]["threshold"],
-                "sel_miou": s["selection"]["miou"], "sel_threshold": s["selection"]["threshold"],
-                "report_miou": s["report"]["miou"], "images": sum(self.count.values()),
-                "miou_at": {f"{t:.2f}": float(v) for t, v in zip(self.thresholds, s["papers_protocol"]["curve"])}}
 
 
 def trial_lpcam_config(base: dict, config: dict) -> LPCAMConfig:
@@ -517,17 +451,6 @@ def plot_knob(rows: list[dict], knob: str, png_path: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, png_path)
-
-
-def sweep_summary(rows: list[dict]) -> dict:
-    """The config each protocol would pick: the papers' (best mIoU over all images) and
-    the fair one (best on the selection subset, reported on the report subset)."""
-    complete = [r for r in rows if r.get("complete") and not r.get("error")]
-    papers, fair = choose_config(complete, "miou"), choose_config(complete, "sel_miou")
-    return {"trials": len(rows), "complete": len(complete),
-            "papers_protocol": papers and {k: v for k, v in papers.items() if k != "trial_dir"},
-            "fair": fair and {k: v for k, v in fair.items() if k != "trial_dir"},
-            "fair_report_miou": fair and fair["report_miou"]}
 
 
 # ----------------------------------------------------------------------------- post-processing sweep

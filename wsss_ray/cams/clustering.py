@@ -1,7 +1,11 @@
-"""Spherical (cosine) k-means on faiss: GPU when faiss-gpu and a GPU are present, CPU
-otherwise. Seeded, iteration-capped; prototypes are the means of the raw features of
+"""LPCAM's per-class clustering. Spherical (cosine) k-means on faiss: GPU when faiss-gpu and a
+GPU are present, CPU otherwise. Seeded, iteration-capped; prototypes are the means of the raw features of
 each cluster (the authors' k-means returns raw means, and their p > mu_f rule is tuned on
-those: unit-norm centroids make the softmax too flat to ever pass 0.9)."""
+those: unit-norm centroids make the softmax too flat to ever pass 0.9).
+
+Free of torch (numpy and faiss only): the Ray clustering task imports this module alone, so
+its workers start fast (``stages.cluster_tasks``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,3 +62,32 @@ def cluster_sums(x: np.ndarray, assign: np.ndarray, k: int, block: int = 8192) -
         onehot[rows, np.arange(len(rows))] = 1.0
         sums += onehot @ x[start:start + block].astype(np.float64)
     return sums
+
+
+def centre_rows(class_id: int, kind: str, clusters: Clusters) -> list[dict]:
+    """One row per cluster centre (the centres table before its class scores)."""
+    return [{"class_id": class_id, "kind": kind, "cluster": j, "size": int(n), "vector": v.tolist()}
+            for j, (v, n) in enumerate(zip(clusters.prototypes, clusters.sizes))]
+
+
+def cluster_class(class_id: int, points: dict[str, np.ndarray], k: int, iters: int, seed: int,
+                  use_gpu: bool | None = None) -> list[dict]:
+    """One class's foreground and context points, clustered separately (seeded per class)."""
+    return [row for kind in (FG, CONTEXT)
+            for row in centre_rows(class_id, kind, spherical_kmeans(points[kind], k, iters, seed + class_id, use_gpu))]
+
+
+def cluster_points(per_class: dict[int, dict[str, list[np.ndarray]]], num_classes: int, dim: int,
+                   cfg) -> list[dict]:
+    """Class -> {kind: row blocks in sampling order} -> the centre rows of every class (its K,
+    iterations and seed from ``cfg``), class by class as the prototype stage orders them."""
+    rows = []
+    for c in range(num_classes):
+        blocks = per_class.get(c, {})
+        points = {kind: stack_rows(blocks.get(kind, []), dim) for kind in (FG, CONTEXT)}
+        rows += cluster_class(c, points, cfg.k, cfg.kmeans_iters, cfg.seed)
+    return rows
+
+
+def stack_rows(blocks: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
