@@ -69,6 +69,31 @@ def overlay_grid(run_dir: str, methods=None, image_ids=None, count: int = 4):
     return fig
 
 
+def sample_images(run_dir: str, count: int = 3) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The first ``count`` labelled images of a run's manifest and their class ids, for the API."""
+    manifest, _ = read_manifest(str(Path(run_dir, "manifest")))
+    rows = sorted((r for r in manifest.to_pylist() if r["labels"]), key=lambda r: r["image_id"])[:count]
+    return [load_rgb(r["uri"]) for r in rows], [list(r["labels"]) for r in rows]
+
+
+def map_grid(images, labels, maps: dict[str, list[np.ndarray]], class_names):
+    """Rows = images; columns = image, one overlay per named list of maps (full-resolution
+    (n_labels, H, W) arrays in [0, 1], as the API returns them)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.2 * len(images)),
+                             squeeze=False)
+    for i, image in enumerate(images):
+        axes[i, 0].imshow(image)
+        axes[i, 0].set_title(", ".join(class_names[c] for c in labels[i]), fontsize=7)
+        for j, (name, per_image) in enumerate(maps.items()):
+            axes[i, 1 + j].imshow(overlay(image, per_image[i]))
+            axes[i, 1 + j].set_title(name, fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def eval_results(run_dir: str) -> dict[str, dict]:
     out = {}
     for p in sorted(Path(run_dir, "eval").glob("*.json")):
