@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from wsss_ray.cams.cam import scaled_batch, with_flips
-from wsss_ray.cams.training import normalise_image
+from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import ModelConfig
 
 SCALES = (1.0, 0.5, 1.5, 2.0)

@@ -27,7 +27,8 @@ import torch
 
 from _common import add_load_args, measured, ratio, show
 from _models import demo_images
-from wsss_ray.cams.training import augment, labels_to_targets
+from wsss_ray.cams.training import labels_to_targets
+from wsss_ray.data.augment import augment
 from wsss_ray.config import ModelConfig, TrainConfig
 from wsss_ray.models.classifier import build_classifier
 from wsss_ray.stages.pipeline import demo_config

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import PIL
 
-from wsss_ray.cams.training import resize_long_side
+from wsss_ray.data.augment import resize_long_side
 from wsss_ray.data.demo import render_demo_image
 
 

@@ -43,7 +43,7 @@ from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import evaluate_maps
 from wsss_ray.stages.extract import extract_maps
 from wsss_ray.stages.session import ensure_ray
-from wsss_ray.stages.sweep import run_config
+from wsss_ray.rundir import run_config
 
 VARIANTS = {"infercam_split_pp": {"split": True, "iterate": False, "unite": "per_patch"},
             "infercam_split_scaled": {"split": True, "iterate": False, "unite": "scaled"}}

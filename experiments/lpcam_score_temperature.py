@@ -26,7 +26,7 @@ from wsss_ray.stages.evaluate import evaluate_maps
 from wsss_ray.stages.extract import extract_maps
 from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.stages.session import ensure_ray
-from wsss_ray.stages.sweep import run_config
+from wsss_ray.rundir import run_config
 from wsss_ray.store import read_table_uri, write_table_uri
 
 

@@ -24,8 +24,9 @@ from wsss_ray.selection import FairAccumulator
 from wsss_ray.stages.evaluate import image_confusions
 from wsss_ray.stages.prototypes import select_prototypes
 from wsss_ray.stages.session import ensure_ray
-from wsss_ray.stages.sweep import (build_feature_cache, evaluable_images, image_meta,
-                                   iter_cached_images, lpcam_from_fused, run_config, trial_bank, trial_centres)
+from wsss_ray.rundir import evaluable_images, run_config
+from wsss_ray.stages.sweep_cache import (build_feature_cache, image_meta, iter_cached_images, lpcam_from_fused,
+                                         trial_bank, trial_centres)
 from wsss_ray.store import map_row
 
 

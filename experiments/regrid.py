@@ -15,7 +15,7 @@ import argparse
 from wsss_ray.config import EvalConfig
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.evaluate import evaluate_maps
-from wsss_ray.stages.sweep import run_config
+from wsss_ray.rundir import run_config
 
 
 def main():

@@ -46,7 +46,7 @@ def test_recam_unfreeze_never_freezes_a_trained_backbone():
 def test_sweeps_read_recam_unfreeze_from_the_run_config(tmp_path):
     from wsss_ray.config import to_dict
     from wsss_ray.rundir import RunDir
-    from wsss_ray.stages.sweep import run_config          # a sweep's ReCAM trials train what the job trained
+    from wsss_ray.rundir import run_config          # a sweep's ReCAM trials train what the job trained
     for backbone, unfreeze in (("efficientnet_lite0", True), ("tiny", False)):
         run = RunDir(str(tmp_path / backbone))
         run.write_json(run.uri("config.json"), to_dict(demo_config(str(tmp_path / backbone), backbone=backbone)))

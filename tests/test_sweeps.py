@@ -86,7 +86,8 @@ def test_fair_protocol_chooses_on_selection_and_reports_on_report():
 
 def test_lpcam_sweep_two_trials(sweep_run):
     from wsss_ray.rundir import RunDir
-    from wsss_ray.stages.sweep import KNOBS, run_lpcam_sweep, sweep_maps
+    from wsss_ray.stages.sweep import KNOBS, run_lpcam_sweep
+    from wsss_ray.stages.sweep_cache import sweep_maps
     from wsss_ray.store import decode_maps
     run_dir, cfg = sweep_run
     # fifo: both trials run to the end (ASHA could stop either one at its first milestone)
@@ -119,7 +120,7 @@ def test_lpcam_sweep_two_trials(sweep_run):
 
 def test_evaluate_fair_writes_both_protocols(sweep_run):
     from wsss_ray.rundir import RunDir
-    from wsss_ray.stages.sweep import evaluate_fair
+    from wsss_ray.stages.fair_eval import evaluate_fair
     run_dir, _ = sweep_run
     result = evaluate_fair(RunDir(run_dir), "lpcam")
     stored = json.loads(Path(run_dir, "eval", "lpcam_fair.json").read_text())

@@ -25,7 +25,7 @@ from wsss_ray.cams.clustering import CONTEXT, FG, cluster_points
 from wsss_ray.cams.lpcam import PrototypeBank, split_image
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
 from wsss_ray.cams.registry import build_map_fn
-from wsss_ray.cams.training import normalise_image
+from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig, from_dict
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.models.classifier import Classifier

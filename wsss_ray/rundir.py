@@ -66,3 +66,30 @@ class RunDir:
 
     def read_json(self, uri: str):
         return json.loads(self.read_text(uri))
+
+
+# ----------------------------------------------------------------------------- what a finished run holds
+
+def run_config(run: RunDir) -> dict:
+    """The pipeline config the run was made with (``config.json``), as typed configs."""
+    from wsss_ray.config import CamConfig, EvalConfig, LPCAMConfig, ModelConfig, TrainConfig, from_dict
+    raw = run.read_json(run.uri("config.json"))
+    subset = raw["dataset"].get("class_subset")
+    dataset = raw["dataset"]["kind"] + (f":{subset}" if subset else "")      # as the pipeline names it
+    return {"cam": from_dict(CamConfig, raw["cam"]), "lpcam": from_dict(LPCAMConfig, raw["lpcam"]),
+            "eval": from_dict(EvalConfig, raw["eval"]), "model": from_dict(ModelConfig, raw["model"]),
+            "recam_train": from_dict(TrainConfig, raw["recam_train"]), "dataset": dataset,
+            "recam_unfreeze": bool(raw.get("recam_unfreeze", False))}
+
+
+def evaluable_images(run: RunDir) -> tuple[list[int], list[list[int]], dict[int, str]]:
+    """Labelled images with a GT mask: (ids, label sets, id -> mask uri)."""
+    from wsss_ray.data.manifest import read_manifest
+    manifest, _ = read_manifest(run.manifest())
+    ids, labels, masks = [], [], {}
+    for r in manifest.select(["image_id", "labels", "mask_uri"]).to_pylist():
+        if r["labels"] and r["mask_uri"]:
+            ids.append(int(r["image_id"]))
+            labels.append(list(r["labels"]))
+            masks[int(r["image_id"])] = r["mask_uri"]
+    return ids, labels, masks

@@ -47,7 +47,6 @@ tiny backbone at 96 px. Batching changes the number of calls, not that count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch

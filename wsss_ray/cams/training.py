@@ -4,9 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# image preparation is torch-free (it runs in Ray Data tasks); re-exported for the math callers
-from wsss_ray.data.augment import augment, normalise_image, resize_long_side  # noqa: F401
-
 
 def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over classes and images of BCE with logits (torch's multilabel_soft_margin_loss)."""
