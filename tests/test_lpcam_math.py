@@ -58,22 +58,39 @@ def test_lpcam_terms_scale_invariant(bank):
     torch.testing.assert_close(bg[0, :, 0], BG_HAND)
 
 
+def by_max(m: torch.Tensor) -> torch.Tensor:
+    """The authors' division: each map over its own max, no epsilon."""
+    return m / m.amax(-1, keepdim=True)
+
+
 def test_multiscale_lpcam_single_scale_by_hand(bank):
+    # class 0 has context: relu(FG - BG); class 1 has none: FG itself (the authors apply the
+    # ReLU only to the difference); class 2 has no prototype: zeros
     images = torch.zeros(1, 3, 1, 2)
     (maps,) = multiscale_lpcam(lambda x: FEATS, bank, images, [[0, 1, 2]], (1, 2), scales=(1.0,), flip=False)
-    want = torch.relu(FG_HAND - BG_HAND)
-    want = want / (want.amax(1, keepdim=True) + 1e-5)
-    torch.testing.assert_close(maps[:, 0], want)
+    torch.testing.assert_close(maps[0, 0], by_max(torch.relu(FG_HAND[0] - BG_HAND[0])))
+    torch.testing.assert_close(maps[1, 0], by_max(FG_HAND[1]))
     assert not torch.isnan(maps).any()
-    assert torch.equal(maps[2], torch.zeros(1, 2))    # class 2: no prototypes, all-zero map
+    assert torch.equal(maps[2], torch.zeros(1, 2))
+
+
+def test_multiscale_lpcam_relu_per_scale_not_after_the_mean(bank):
+    # second "scale": position a = (0,1) -> class 0 FG = (0 + 1/r2)/2, BG = 1: FG - BG < 0 there.
+    # Per-scale ReLU keeps a's first-scale value / 2; a ReLU after the mean would give 0.
+    second = torch.tensor([[[[0.0, 2.0]], [[1.0, 0.0]]]])
+    feats = iter([FEATS, second])
+    (maps,) = multiscale_lpcam(lambda x: next(feats), bank, torch.zeros(1, 3, 1, 2), [[0]], (1, 2),
+                               scales=(1.0, 1.0), flip=False, normalise=False)
+    a_first = (1 / R2 + 1) / 2 - 1 / R2
+    b_both = (1 + 1 / R2) / 2
+    torch.testing.assert_close(maps[0, 0], torch.tensor([a_first / 2, b_both]))
 
 
 def test_multiscale_lpcam_fg_only(bank):
     images = torch.zeros(1, 3, 1, 2)
     (maps,) = multiscale_lpcam(lambda x: FEATS, bank, images, [[0, 1]], (1, 2), scales=(1.0,), flip=False,
                                fg_only=True)
-    want = FG_HAND[:2] / (FG_HAND[:2].amax(1, keepdim=True) + 1e-5)
-    torch.testing.assert_close(maps[:, 0], want)
+    torch.testing.assert_close(maps[:, 0], by_max(FG_HAND[:2]))
 
 
 def test_multiscale_lpcam_selects_each_images_classes(bank):
@@ -81,11 +98,12 @@ def test_multiscale_lpcam_selects_each_images_classes(bank):
     maps = multiscale_lpcam(lambda x: feats, bank, torch.zeros(2, 3, 1, 2), [[1], [0, 2]], (1, 2), (1.0,), False)
     assert [m.shape[0] for m in maps] == [1, 2]
     want0 = torch.relu(FG_HAND[0] - BG_HAND[0]).flip(-1)
-    torch.testing.assert_close(maps[1][0, 0], want0 / (want0.max() + 1e-5))
+    torch.testing.assert_close(maps[1][0, 0], want0 / want0.max())
 
 
 def test_multiscale_lpcam_flip_and_scales_match_loop_reference(bank):
-    # flip fused on features, FG - BG per scale, bilinear up, mean over scales, relu, max-norm
+    # flip fused on features; per scale relu(FG - BG) (FG alone without context), bilinear up,
+    # mean over scales, over the max
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 2, 3, stride=2, padding=1).requires_grad_(False)
     images = torch.randn(2, 3, 9, 12)
@@ -99,10 +117,11 @@ def test_multiscale_lpcam_flip_and_scales_match_loop_reference(bank):
                 x = F.interpolate(x, size=(round(9 * s), round(12 * s)), mode="bicubic", align_corners=False)
             f = conv(x) + conv(x.flip(-1)).flip(-1)
             fg, bg = lpcam_terms(f, bank)
-            total += F.interpolate(fg - bg, size=out_size, mode="bilinear", align_corners=False)[0]
-        total = torch.relu(total / len(scales))
+            term = torch.stack([torch.relu(fg[0, 0] - bg[0, 0]), fg[0, 1], fg[0, 2]])
+            total += F.interpolate(term[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        total = total / len(scales)
         for j, c in enumerate(cls):
-            torch.testing.assert_close(got[i][j], total[c] / (total[c].max() + 1e-5), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[i][j], total[c] / total[c].max(), atol=1e-5, rtol=1e-5)
 
 
 def test_class_scores_softmax():
@@ -118,10 +137,19 @@ def test_class_scores_softmax():
 def test_select_foreground():
     chosen, fallback = select_foreground(np.array([0.2, 0.95, 0.9, 0.91]), 0.9)
     assert chosen.tolist() == [1, 3] and not fallback      # strict: exactly 0.9 is not taken
-    chosen, fallback = select_foreground(np.array([0.2, 0.7, 0.5]), 0.9)
-    assert chosen.tolist() == [1] and fallback             # none passes: the arg-max centre
     chosen, fallback = select_foreground(np.zeros(0), 0.9)
     assert len(chosen) == 0 and not fallback
+
+
+def test_select_foreground_fallbacks():
+    # none passes mu_f: the authors' COCO rule keeps every centre within 1e-6 of the best
+    scores = np.array([0.2, 0.7, 0.7 - 5e-7, 0.5, 0.7 - 2e-6])
+    chosen, fallback = select_foreground(scores, 0.9)
+    assert chosen.tolist() == [1, 2] and fallback
+    chosen, fallback = select_foreground(scores, 0.9, "best_one")
+    assert chosen.tolist() == [1] and fallback
+    with pytest.raises(ValueError, match="fallback"):
+        select_foreground(scores, 0.9, "closest")
 
 
 def test_select_context_strict_bounds():

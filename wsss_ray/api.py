@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import strided_size
+from wsss_ray.cams.cam import network_inputs, strided_size
 from wsss_ray.cams.clustering import CONTEXT, FG, cluster_points
 from wsss_ray.cams.lpcam import PrototypeBank, split_image
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
@@ -44,12 +44,13 @@ class Model:
     max_side: int = CamConfig.max_side
     store_stride: int = CamConfig.store_stride     # the grid LPCAM.fit splits features on
     batch_size: int = CamConfig.batch_size
+    resample: str = CamConfig.resample             # "pil": each scale from the uint8 image (the authors')
 
     @classmethod
     def load(cls, checkpoint_dir: str, cam: CamConfig = CamConfig()) -> "Model":
         net, model_cfg, _ = load_classifier(checkpoint_dir)
         return cls(net, tuple(model_cfg.image_mean), tuple(model_cfg.image_std), tuple(cam.scales), cam.flip,
-                   cam.max_side, cam.store_stride, cam.batch_size)
+                   cam.max_side, cam.store_stride, cam.batch_size, cam.resample)
 
     @property
     def num_classes(self) -> int:
@@ -160,7 +161,9 @@ class MapMethod:
         with torch.no_grad():         # as the stage calls map fns; AdvCAM re-enables what it needs
             for batch in shape_batches(inputs, self.model.batch_size):
                 h, w = inputs[batch[0]].shape[:2]
-                maps = fn(as_batch(self.model, [inputs[i] for i in batch], self.device), [labels[i] for i in batch],
+                x = network_inputs([inputs[i] for i in batch], self.model.mean, self.model.std, self.model.scales,
+                                   self.model.resample, self.device)
+                maps = fn(x, [labels[i] for i in batch],
                           strided_size(h, w, self.stride))
                 for i, m in zip(batch, maps):
                     out[i] = to_grid(m, strided_size(*images[i].shape[:2], self.stride))

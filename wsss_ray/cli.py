@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from wsss_ray.config import AdvCamConfig, InferCamConfig
+from wsss_ray.config import AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig
 from wsss_ray.stages.pipeline import (ALL_METHODS, DEMO_BACKBONES, RECAM_WEIGHTS, PipelineConfig, coco_config,
                                       demo_config)
 
@@ -42,6 +42,11 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
                    help="also extract split-only (infercam_split) and iterate-only (infercam_iter) InferCam")
     p.add_argument("--advcam", default="", metavar="KEY=VALUE,...",
                    help="AdvCamConfig options for --methods advcam, e.g. steps=8,mu=7.0")
+    p.add_argument("--cam", default="", metavar="KEY=VALUE,...",
+                   help="CamConfig options over the preset's, e.g. resample=torch (tensor resize, not the "
+                        "authors' PIL pyramid) or scales=1.0/0.5")
+    p.add_argument("--lpcam", default="", metavar="KEY=VALUE,...",
+                   help="LPCAMConfig options over the preset's, e.g. k=12,tau=0.1 or fallback=best_one")
     p.add_argument("--recam-weight", default="w*w'", choices=list(RECAM_WEIGHTS),
                    help="the class weight of ReCAM's maps (the paper's w*w' by default)")
     p.add_argument("--recam-all-weights", action="store_true",
@@ -60,9 +65,10 @@ def parse_scales(value: str) -> tuple:
     return tuple(float(v) for v in value.split("/") if v)
 
 
-def parse_options(text: str, cls, flag: str):
-    """``"erase=union,max_rounds=3"`` -> ``cls(erase="union", max_rounds=3)``, each value typed
-    by the dataclass field it sets (a bad key or value stops the job before any work)."""
+def parse_options(text: str, cls, flag: str, base=None):
+    """``"erase=union,max_rounds=3"`` -> ``cls(erase="union", max_rounds=3)`` (or ``base`` with
+    those fields replaced), each value typed by the dataclass field it sets (a bad key or value
+    stops the job before any work)."""
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}
     out = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -75,7 +81,7 @@ def parse_options(text: str, cls, flag: str):
         except ValueError:
             raise SystemExit(f"{flag}: {key}={value!r} is not a valid {kind}") from None
     try:
-        return cls(**out)
+        return dataclasses.replace(base, **out) if base is not None else cls(**out)
     except ValueError as e:
         raise SystemExit(f"{flag}: {e}") from None
 
@@ -95,6 +101,7 @@ def config_from_args(args) -> PipelineConfig:
     if args.num_workers:
         train = dataclasses.replace(train, num_workers=args.num_workers)
         recam = dataclasses.replace(recam, num_workers=args.num_workers)
+    cam = parse_options(getattr(args, "cam", ""), CamConfig, "--cam", cam)
     if args.num_actors:
         cam = dataclasses.replace(cam, num_actors=args.num_actors)
     if args.gpu:
@@ -102,7 +109,8 @@ def config_from_args(args) -> PipelineConfig:
         cam = dataclasses.replace(cam, use_gpu=True)
     model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
     segment = tuple(m for m in args.segment.split(",") if m)
-    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, strict=args.strict,
+    lpcam = parse_options(getattr(args, "lpcam", ""), LPCAMConfig, "--lpcam", cfg.lpcam)
+    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, lpcam=lpcam, strict=args.strict,
                                segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu,
                                infercam=parse_options(args.infercam, InferCamConfig, "--infercam"),
                                infercam_ablation=args.infercam_ablation,

@@ -89,6 +89,11 @@ class CamConfig:
     actor_cpus: float = 1.0
     use_gpu: bool = False
     max_side: int = 0                 # resize long side to this before extraction (0 = keep)
+    resample: str = "pil"             # scales from the uint8 image, PIL bicubic (authors'); "torch": resize the tensor
+
+    def __post_init__(self):
+        if self.resample not in ("pil", "torch"):
+            raise ValueError(f"resample must be 'pil' (the authors') or 'torch', not {self.resample!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,12 @@ class LPCAMConfig:
     kmeans_iters: int = 50
     seed: int = 0
     fg_only: bool = False             # LPCAM-F
+    fallback: str = "near_best"       # no centre passes mu_f: "near_best" (authors' COCO) | "best_one"
+
+    def __post_init__(self):
+        if self.fallback not in ("near_best", "best_one"):
+            raise ValueError(f"fallback must be 'near_best' (the authors' COCO rule) or 'best_one', "
+                             f"not {self.fallback!r}")
 
 
 # InferCam (WACV 2022): split & unite, iterate-and-erase. Defaults are the paper's procedure.

@@ -52,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import class_activation, fuse_flips, normalise_per_map, scaled_batch, with_flips
+from wsss_ray.cams.cam import base_batch, class_activation, fuse_flips, normalise_per_map, scaled_batch, with_flips
 from wsss_ray.config import AdvCamConfig  # noqa: F401  (typed configs live in config.py)
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
@@ -191,7 +191,7 @@ def advcam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Ten
     out_size = tuple(out_size)
     owner, cls = class_pairs(classes, images.device)
     if len(cls) == 0:
-        return [images.new_zeros(0, *out_size) for _ in classes]
+        return [base_batch(images).new_zeros(0, *out_size) for _ in classes]
     weight = weight.detach()
     total = sum(scale_maps(features_fn, weight, images, owner, cls, s, out_size, flip, cfg) for s in scales)
     per_image = (normalise_per_map(total) if normalise else total).split([len(c) for c in classes])

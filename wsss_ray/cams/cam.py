@@ -1,6 +1,7 @@
 """Class activation maps as the IRN/ReCAM authors compute them (METHODS.md section 0).
 
-Per scale s: resize the image (bicubic), run [image, hflip(image)] through the backbone,
+Per scale s: the image at that scale (a ``ScalePyramid``: resized from the uint8 image with PIL
+bicubic, then normalised, as IRN's data loader does), run [image, hflip(image)] through the backbone,
 ``A = relu(conv2d(features, W))`` for all classes at once, fuse the flip pair
 ``A[img] + A[flip].flip(-1)``, upsample bilinearly to the output size; sum over scales;
 keep the requested classes; divide each map by its own max + 1e-5.
@@ -8,8 +9,10 @@ keep the requested classes; divide each map by its own max + 1e-5.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +23,66 @@ def strided_size(height: int, width: int, stride: int) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
-def scaled_batch(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Bicubic resize of an (N,3,H,W) batch; scale 1 returns the batch itself."""
+@dataclass
+class ScalePyramid:
+    """A batch at each scale of the map pass, every level resized from the uint8 images (PIL
+    bicubic, antialiased) and normalised after, as the authors' data loader makes them
+    (``data.augment.network_inputs`` builds it). Shape, device and dtype are the scale-1.0 batch's."""
+    levels: dict          # scale -> (N,3,h_s,w_s) normalised tensor; holds 1.0
+
+    @property
+    def base(self) -> torch.Tensor:
+        return self.levels[1.0]
+
+    @property
+    def shape(self):
+        return self.base.shape
+
+    @property
+    def device(self):
+        return self.base.device
+
+    def level(self, scale: float) -> torch.Tensor:
+        if scale not in self.levels:
+            raise KeyError(f"scale {scale} was not built into this pyramid (it has {sorted(self.levels)})")
+        return self.levels[scale]
+
+    def __getitem__(self, index) -> "ScalePyramid":
+        """The same images picked at every level (index the image axis only)."""
+        return ScalePyramid({s: x[index] for s, x in self.levels.items()})
+
+    def to(self, device) -> "ScalePyramid":
+        return ScalePyramid({s: x.to(device) for s, x in self.levels.items()})
+
+
+Images = Union[torch.Tensor, ScalePyramid]
+
+
+def network_inputs(images: Sequence, mean, std, scales: Sequence[float], resample: str = "pil",
+                   device="cpu") -> Images:
+    """uint8 (H,W,3) images of one shape -> the map pass's input: a ``ScalePyramid`` for
+    ``resample="pil"`` (the authors'), the normalised scale-1.0 batch for ``"torch"``."""
+    from wsss_ray.data.augment import normalise_image, scale_image
+
+    def batch(ims) -> torch.Tensor:
+        return torch.from_numpy(np.stack([normalise_image(im, mean, std) for im in ims])).to(device)
+    if resample == "torch":
+        return batch(images)
+    if resample != "pil":
+        raise ValueError(f"unknown resample {resample!r}: 'pil' (the authors') or 'torch'")
+    return ScalePyramid({float(s): batch([scale_image(im, s) for im in images]) for s in dict.fromkeys((1.0, *scales))})
+
+
+def base_batch(images: Images) -> torch.Tensor:
+    """The scale-1.0 (N,3,H,W) batch of a pyramid, or the tensor itself."""
+    return images.base if isinstance(images, ScalePyramid) else images
+
+
+def scaled_batch(images: Images, scale: float) -> torch.Tensor:
+    """The batch at ``scale``: a pyramid's own level; a tensor is resized with torch bicubic (no
+    antialiasing: ``CamConfig.resample="torch"``, not the authors' resampling). Scale 1 is the batch."""
+    if isinstance(images, ScalePyramid):
+        return images.level(scale)
     if scale == 1.0:
         return images
     h, w = images.shape[-2:]
@@ -53,7 +114,7 @@ def normalise_per_map(maps: torch.Tensor) -> torch.Tensor:
 
 
 def multiscale_cam(features_fn: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor,
-                   images: torch.Tensor, out_size: tuple[int, int],
+                   images: Images, out_size: tuple[int, int],
                    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
     """Un-normalised multi-scale CAM for every class: (N,3,H,W) -> (N,C,*out_size)."""
     total = None

@@ -60,7 +60,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import (class_activation, fuse_flips, multiscale_cam, normalise_per_map,
+from wsss_ray.cams.cam import (base_batch, class_activation, fuse_flips, multiscale_cam, normalise_per_map,
                                scaled_batch, select_and_normalise, with_flips)
 from wsss_ray.config import InferCamConfig  # noqa: F401  (typed configs live in config.py)
 
@@ -386,16 +386,18 @@ def infercam_run(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Te
         if not cfg.split and not cfg.iterate:
             cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
             return InferCamRun(select_and_normalise(cams, classes), [], no_rounds)
-        height, width = images.shape[-2:]
+        # patches and erasing work on the scale-1.0 pixels; each round's scales resize the canvas
+        pixels = base_batch(images)
+        height, width = pixels.shape[-2:]
         centres = None
         if needs_centres(classes, cfg):
             centres = centres_from_maps(baselines, (height, width)) if baselines is not None else \
                 class_centres(features_fn, weight, images, classes, out_size, scales, flip)
         copies = plan_copies(classes, centres, height, width, cfg)
         if not copies:
-            return InferCamRun([images.new_zeros(len(cls), *out_size) for cls in classes], [], no_rounds)
-        fill = images.mean((2, 3))  # each image's mean colour, in normalised space
-        done = iterate_copies(features_fn, weight, images, fill, copies, scales, flip, cfg)
+            return InferCamRun([pixels.new_zeros(len(cls), *out_size) for cls in classes], [], no_rounds)
+        fill = pixels.mean((2, 3))  # each image's mean colour, in normalised space
+        done = iterate_copies(features_fn, weight, pixels, fill, copies, scales, flip, cfg)
         # "scaled": a patch with little of the object keeps its low activation instead of a peak of 1
         acc = done.maps * done.peaks[:, None, None] if cfg.unite == "scaled" else done.maps
         return InferCamRun(unite(acc, copies, classes, (height, width), out_size), copies, done.rounds)

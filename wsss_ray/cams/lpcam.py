@@ -3,7 +3,9 @@ from cosine similarity to per-class local prototypes (clustered in ``cams.cluste
 selected in ``cams.prototypes``).
 
 ``FG_n = mean_i cos(f, F_i)`` over class n's foreground prototypes, ``BG_n = mean_j cos(f, B_j)``
-over its context prototypes, ``LPCAM_n = relu(FG_n - BG_n) / max``. All prototypes of all
+over its context prototypes. As the authors' ``make_lpcam`` computes it: per scale
+``relu(FG_n - BG_n)`` (``FG_n`` alone, without ReLU, for a class with no context prototype),
+upsampled, mean over scales, divided by its max. All prototypes of all
 classes sit in one matrix, so one matrix product per batch gives every similarity, and a
 (C x M) averaging matrix per term turns them into per-class means.
 """
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import fuse_flips, normalise_per_map, scaled_batch, select_classes, with_flips
+from wsss_ray.cams.cam import fuse_flips, scaled_batch, select_classes, with_flips
 from wsss_ray.cams.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
 
 
@@ -77,18 +79,32 @@ def multiscale_lpcam(features_fn, bank: PrototypeBank, images: torch.Tensor, cla
 def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_only: bool = False,
                         normalise: bool = True) -> list:
     """Flip-fused (N,D,h,w) features, one batch per scale (any iterable, consumed one scale at a
-    time) -> each image's class maps: FG - BG per scale, upsampled, mean over scales, relu,
-    max-norm (``normalise=False``: before the max-norm)."""
+    time) -> each image's class maps: ``scale_term`` upsampled, mean over scales, divided by the
+    max (``normalise=False``: before that division)."""
     total, count = None, 0
     for feats in per_scale:
-        fg, bg = lpcam_terms(feats, bank)
-        diff = fg if fg_only else fg - bg
-        diff = F.interpolate(diff, size=out_size, mode="bilinear", align_corners=False)
-        total = diff if total is None else total + diff
+        term = F.interpolate(scale_term(*lpcam_terms(feats, bank), bank, fg_only), size=out_size,
+                             mode="bilinear", align_corners=False)
+        total = term if total is None else total + term
         count += 1
-    total = torch.relu(total / count)
-    picked = select_classes(total, classes)
-    return [normalise_per_map(m) for m in picked] if normalise else picked
+    picked = select_classes(total / count, classes)
+    return [divide_by_max(m) for m in picked] if normalise else picked
+
+
+def scale_term(fg: torch.Tensor, bg: torch.Tensor, bank: PrototypeBank, fg_only: bool) -> torch.Tensor:
+    """One scale's (N,C,h,w) map: relu(FG - BG) for classes with context prototypes, FG itself
+    for the others and for LPCAM-F (the authors apply the ReLU only to the difference)."""
+    if fg_only:
+        return fg
+    has_context = (bank.bg_avg.sum(1) > 0).to(fg.device)[None, :, None, None]
+    return torch.where(has_context, torch.relu(fg - bg), fg)
+
+
+def divide_by_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each (..., h, w) map over its own max, as the authors divide (no epsilon); a map whose
+    max is not positive becomes zeros (theirs would be inf or NaN)."""
+    peak = maps.flatten(-2).amax(-1)[..., None, None]
+    return torch.where(peak > 0, maps / peak.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
 
 
 def cam_on_feature_grid(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """LPCAM prototype selection (METHODS.md section 2): score every cluster centre by the classifier
 head, ``p = softmax(centre . W)``, and keep, per class n, the foreground centres with
-``p[n] > mu_f`` and the context centres with ``mu_b_low < p[n] < mu_b_high``.
+``p[n] > mu_f`` (``select_foreground`` for a class none passes) and the context centres with
+``mu_b_low < p[n] < mu_b_high``.
 
 Works on centre rows (dicts with class_id, kind, cluster, size, vector) as ``cams.clustering``
 makes them; the prototype stage stores them as Parquet tables.
@@ -28,12 +29,21 @@ def score_centres(rows: list[dict], head: np.ndarray) -> list[dict]:
     return rows
 
 
-def select_foreground(scores_n: np.ndarray, mu_f: float) -> tuple[np.ndarray, bool]:
-    """Indices of centres with p[n] > mu_f; else the arg-max centre (never an empty set)."""
+FALLBACKS = ("near_best", "best_one")
+
+
+def select_foreground(scores_n: np.ndarray, mu_f: float, fallback: str = "near_best") -> tuple[np.ndarray, bool]:
+    """Indices of centres with p[n] > mu_f. When none passes (never an empty set):
+    ``"near_best"`` keeps the centres within 1e-6 of the best score (the authors' COCO code),
+    ``"best_one"`` the single arg-max centre."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown LPCAM fallback {fallback!r}; known: {FALLBACKS}")
     chosen = np.flatnonzero(scores_n > mu_f)
-    if len(chosen) == 0 and len(scores_n):
+    if len(chosen) or not len(scores_n):
+        return chosen, False
+    if fallback == "best_one":
         return np.array([int(np.argmax(scores_n))]), True
-    return chosen, False
+    return np.flatnonzero(scores_n > scores_n.max() - 1e-6), True
 
 
 def select_context(scores_n: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -51,7 +61,7 @@ def select_prototypes(centres: list[dict], num_classes: int, cfg) -> tuple[list[
             scores = np.asarray([r["score"] for r in members])
             fell_back = False
             if kind == FG:
-                idx, fell_back = select_foreground(scores, cfg.mu_f)
+                idx, fell_back = select_foreground(scores, cfg.mu_f, cfg.fallback)
                 if fell_back:
                     fallbacks.append(c)
             else:

@@ -17,6 +17,17 @@ def normalise_image(image: np.ndarray, mean, std) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 (H,W,3) at ``scale`` with PIL bicubic (antialiased), size rounded as IRN's
+    ``pil_rescale`` rounds it; scale 1 returns the image."""
+    from PIL import Image
+    h, w = image.shape[:2]
+    size = (max(1, int(np.round(h * scale))), max(1, int(np.round(w * scale))))
+    if size == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+
+
 def resize_long_side(image: np.ndarray, long_side: int, resample=None) -> np.ndarray:
     from PIL import Image
     h, w = image.shape[:2]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from wsss_ray.cams.cam import strided_size
+from wsss_ray.cams.cam import base_batch, network_inputs, strided_size
 from wsss_ray.cams.registry import TAKES_BASELINES, build_map_fn
 from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig
@@ -55,6 +55,11 @@ class ModelRunner:
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self.model_cfg.image_mean, self.model_cfg.image_std
         return torch.from_numpy(np.stack([normalise_image(im, mean, std) for im in images])).to(self.device)
+
+    def inputs(self, images: list[np.ndarray], cam_cfg: CamConfig):
+        """The map pass's input: a scale pyramid (``cam_cfg.resample``, ``cams.cam.network_inputs``)."""
+        return network_inputs(images, self.model_cfg.image_mean, self.model_cfg.image_std, cam_cfg.scales,
+                              cam_cfg.resample, self.device)
 
 
 class ScaleOneFeatures:
@@ -105,9 +110,9 @@ class MapProcessor(ModelRunner):
         stored = read_map_rows(self.baseline_dir, list(images), chunk_name(chunk_id)) if self.baseline_dir else {}
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
             h, w = images[batch[0]["image_id"]].shape[:2]
-            x = self.tensor([images[r["image_id"]] for r in batch])
+            x = self.inputs([images[r["image_id"]] for r in batch], self.cfg)
             if self.scale_one is not None:
-                self.scale_one.expect(x)
+                self.scale_one.expect(base_batch(x))
             out_size = strided_size(h, w, self.cfg.store_stride)
             baselines = self.stored_baselines(batch, stored, out_size)
             extra = {} if baselines is None else {"baselines": baselines}
@@ -143,7 +148,7 @@ class MapProcessor(ModelRunner):
         start = time.perf_counter()
         kept = self.scale_one.kept
         # no scale 1.0 among the CAM's scales: one forward of the sampled images
-        feats = kept[picked] if kept is not None else self.scale_one.inner(x[picked])
+        feats = kept[picked] if kept is not None else self.scale_one.inner(base_batch(x)[picked])
         self.sampler.seconds += time.perf_counter() - start
         for f, j in zip(feats, picked):
             stored = torch.from_numpy(decode_maps(map_rows[j]["data"], map_rows[j]["map_shape"]))
@@ -193,7 +198,7 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
 
 
 # what a CAM directory's values depend on that a baseline inferred again would also depend on
-BASELINE_KEYS = ("checkpoint", "scales", "flip", "store_stride", "max_side")
+BASELINE_KEYS = ("checkpoint", "scales", "flip", "store_stride", "max_side", "resample")
 
 
 def usable_baseline(run: RunDir, name: str, recipe: dict) -> str:
@@ -220,7 +225,7 @@ def map_recipe(kind: str, checkpoint: str, params: dict | None, prototypes_path:
     return {"kind": kind, "checkpoint": base(checkpoint), "prototypes": base(prototypes_path),
             "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
             "scales": list(cam_cfg.scales), "flip": cam_cfg.flip, "store_stride": cam_cfg.store_stride,
-            "max_side": cam_cfg.max_side}
+            "max_side": cam_cfg.max_side, "resample": cam_cfg.resample}
 
 
 def claim_output(run: RunDir, output_dir: str, recipe: dict) -> None:

@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from wsss_ray.cams.cam import fuse_flips, scaled_batch, strided_size, with_flips
+from wsss_ray.cams.cam import base_batch, fuse_flips, scaled_batch, strided_size, with_flips
 from wsss_ray.cams.clustering import CONTEXT, FG, cluster_points
 from wsss_ray.cams.lpcam import PrototypeBank, cam_on_feature_grid, lpcam_from_features, split_image
 from wsss_ray.config import CamConfig, LPCAMConfig, to_dict
@@ -87,16 +87,17 @@ class SweepCacheProcessor(ModelRunner):
         self.cam_dir, self.output_dir, self.cfg = cam_dir, output_dir, cam_cfg
         self.fused_dtype = np.dtype(fused_dtype)
 
-    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(flip-fused features per scale, scale-1.0 unflipped features) of a batch."""
+    def features(self, x) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(flip-fused features per scale, scale-1.0 unflipped features) of a batch (a tensor or
+        a ``ScalePyramid``, as the map pass takes it)."""
         per_scale, plain = [], None
         for s in self.cfg.scales:
             raw = self.model.features(with_flips(scaled_batch(x, s), self.cfg.flip))
             if s == 1.0:        # its unflipped half is model.features(x): no extra forward
-                plain = raw[:x.shape[0]]
+                plain = raw[:base_batch(x).shape[0]]
             per_scale.append(fuse_flips(raw, self.cfg.flip))
         if plain is None:
-            plain = self.model.features(x)      # the call the LPCAM feature stage makes
+            plain = self.model.features(base_batch(x))      # the call the LPCAM feature stage makes
         return per_scale, plain
 
     def rows(self, row: dict, size: tuple, per_scale: list, plain: torch.Tensor, cam_row: dict):
@@ -112,7 +113,7 @@ class SweepCacheProcessor(ModelRunner):
         cams = read_cams(self.cam_dir, [r["image_id"] for r in rows])
         fused, split, errors = [], [], []
         for batch in batches_by_shape(rows, images, self.cfg.batch_size):
-            per_scale, plain = self.features(self.tensor([images[r["image_id"]] for r in batch]))
+            per_scale, plain = self.features(self.inputs([images[r["image_id"]] for r in batch], self.cfg))
             size = images[batch[0]["image_id"]].shape[:2]
             for i, row in enumerate(batch):
                 if row["image_id"] not in cams:
