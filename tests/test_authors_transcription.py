@@ -1,0 +1,205 @@
+"""The product's maps against a plain transcription of the authors' code path, on real COCO
+images with the real EfficientNet-Lite0 ImageNet backbone (METHODS.md sections 0 and 2).
+
+The transcriptions below are written out loop by loop from the authors' repositories and share
+no code with the package:
+- IRN ``step/make_cam.py`` with ``VOC12ClassificationDatasetMSF``: each scale resized from the
+  uint8 image with PIL bicubic (``imutils.pil_rescale``, size rounded), normalised after,
+  [image, flipped image] through the network, ``relu(conv(features, W))``, flip pair summed,
+  bilinear to the stride-4 size, summed over scales, GT classes kept, over max + 1e-5.
+- LPCAM ``step/make_lpcam.py`` (and ``step_coco``): per scale, per class, the mean cosine to the
+  foreground centres; where the class has context centres, relu(that - the mean cosine to them);
+  bilinear to the stride-4 size; mean over scales; over the max.
+- LPCAM ``step_coco/make_lpcam.py`` selection: softmax(centres W^T), centres over class_thres,
+  else those within 1e-6 of the best.
+
+The head is a seeded random linear layer: the formulas, not the weights, are under test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from wsss_ray.api import CAM, LPCAM, Model
+from wsss_ray.cams.prototypes import score_centres, select_prototypes
+from wsss_ray.config import LPCAMConfig
+from wsss_ray.models.classifier import build_classifier
+from wsss_ray.models.effnet_lite import IMAGENET_MEAN_STD
+
+COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny"
+SCALES = (1.0, 0.5, 1.5, 2.0)
+IMAGES = ("000000005001.jpg", "000000010764.jpg")
+NUM_CLASSES = 4
+LABELS = ([0, 2], [1, 3])
+MEAN, STD = IMAGENET_MEAN_STD
+
+
+# ------------------------------------------------------------------ transcriptions
+
+
+def authors_scale(img: np.ndarray, s: float) -> np.ndarray:
+    if s == 1:
+        return img
+    h, w = img.shape[:2]
+    target = (int(np.round(h * s)), int(np.round(w * s)))
+    if target == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize(target[::-1], Image.BICUBIC))
+
+
+def authors_normalise(img: np.ndarray) -> np.ndarray:
+    out = np.empty_like(img, np.float32)
+    for c in range(3):
+        out[..., c] = (img[..., c] / 255. - MEAN[c]) / STD[c]
+    return out.transpose(2, 0, 1)
+
+
+def authors_inputs(img: np.ndarray) -> list[torch.Tensor]:
+    """The MSF dataset's list: per scale a (2,3,h,w) [image, flipped image]."""
+    out = []
+    for s in SCALES:
+        x = authors_normalise(authors_scale(img, s))
+        out.append(torch.from_numpy(np.stack([x, np.flip(x, -1)]).copy()))
+    return out
+
+
+def strided_size(size, stride=4):
+    return ((size[0] + stride - 1) // stride, (size[1] + stride - 1) // stride)
+
+
+def authors_cam(net, img: np.ndarray, label: list[int]) -> torch.Tensor:
+    size = img.shape[:2]
+    w = net.head.weight
+    outputs = []
+    for pair in authors_inputs(img):
+        x = F.relu(F.conv2d(net.features(pair), w))
+        outputs.append(x[0] + x[1].flip(-1))
+    cam = torch.sum(torch.stack([F.interpolate(o[None], strided_size(size), mode="bilinear",
+                                               align_corners=False)[0] for o in outputs]), 0)
+    cam = cam[label]
+    return cam / (F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5)
+
+
+def authors_lpcam(net, img: np.ndarray, label: list[int], centres: dict, context: dict) -> torch.Tensor:
+    size = img.shape[:2]
+    features = []
+    for pair in authors_inputs(img):
+        f = net.features(pair)
+        features.append(f[0] + f[1].flip(-1))
+    maps = []
+    for class_id in label:
+        per_scale = []
+        for feature in features:
+            d, h, w = feature.shape
+            here = feature.permute(1, 2, 0).reshape(h, w, d)
+            att = torch.mean(torch.stack([F.cosine_similarity(here, c.repeat(h, w, 1), 2)
+                                          for c in centres[class_id]]), 0)[None, None]
+            if len(context[class_id]) > 0:
+                ctx = torch.mean(torch.stack([F.cosine_similarity(here, c.repeat(h, w, 1), 2)
+                                              for c in context[class_id]]), 0)[None, None]
+                att = F.relu(att - ctx)
+            per_scale.append(F.interpolate(att, strided_size(size), mode="bilinear", align_corners=False)[:, 0])
+        m = torch.mean(torch.cat(per_scale, 0), 0)
+        maps.append(m / torch.max(m))
+    return torch.stack(maps)
+
+
+def authors_coco_selection(centres: torch.Tensor, w: torch.Tensor, class_id: int, thres: float) -> torch.Tensor:
+    prob = F.softmax(torch.mm(centres, w.T), dim=1)
+    selected = prob[:, class_id] > thres
+    if torch.sum(selected) < 1:
+        selected = prob[:, class_id] > torch.max(prob[:, class_id]) - 1e-6
+    return selected
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def real(coco_tiny_module):
+    torch.manual_seed(0)
+    net = build_classifier("efficientnet_lite0", "imagenet", NUM_CLASSES).eval()
+    with torch.no_grad():
+        net.head.weight.normal_(0, 0.05)
+    images = [np.asarray(Image.open(coco_tiny_module / "val2017" / n).convert("RGB")) for n in IMAGES]
+    return net, images
+
+
+@pytest.fixture(scope="module")
+def coco_tiny_module():
+    if not COCO_TINY.exists():
+        pytest.skip("../shared/data/coco_tiny is absent")
+    return COCO_TINY
+
+
+def model_of(net, resample="pil") -> Model:
+    return Model(net, MEAN, STD, scales=SCALES, flip=True, resample=resample, batch_size=1)
+
+
+def prototypes_from(net, image: np.ndarray, seed: int = 0):
+    """Real feature vectors as centres: class 0 and 2 get context, class 1 and 3 none."""
+    with torch.no_grad():
+        f = net.features(torch.from_numpy(authors_normalise(image)[None].copy()))[0]
+    rows = f.flatten(1).T
+    rng = np.random.default_rng(seed)
+    picks = lambda n: rows[rng.choice(rows.shape[0], n, replace=False)]  # noqa: E731
+    centres = {c: picks(3) for c in range(NUM_CLASSES)}
+    context = {c: picks(2) if c in (0, 2) else rows[:0] for c in range(NUM_CLASSES)}
+    table = [{"class_id": c, "kind": kind, "vector": v.numpy()}
+             for c in range(NUM_CLASSES) for kind, vs in (("fg", centres[c]), ("context", context[c])) for v in vs]
+    return centres, context, table
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_cam_matches_authors_make_cam(real):
+    net, images = real
+    got = CAM(model_of(net), stride=4)(images, LABELS)
+    with torch.no_grad():
+        for img, lab, g in zip(images, LABELS, got):
+            want = authors_cam(net, img, lab).numpy()
+            assert g.shape == want.shape
+            np.testing.assert_allclose(g, want, atol=2e-5)
+
+
+def test_torch_resample_is_a_measurable_departure(real):
+    net, images = real
+    got = CAM(model_of(net, "torch"), stride=4)(images[:1], LABELS[:1])[0]
+    with torch.no_grad():
+        want = authors_cam(net, images[0], LABELS[0]).numpy()
+    assert np.abs(got - want).max() > 0.01
+
+
+def test_lpcam_matches_authors_make_lpcam(real):
+    net, images = real
+    centres, context, table = prototypes_from(net, images[0])
+    assert {r["kind"] for r in table} == {"fg", "context"}
+    got = LPCAM(model_of(net), table, stride=4)(images, LABELS)
+    with torch.no_grad():
+        for img, lab, g in zip(images, LABELS, got):
+            want = authors_lpcam(net, img, lab, centres, context).numpy()
+            np.testing.assert_allclose(g, want, atol=2e-5)
+
+
+def test_coco_prototype_selection_matches_authors(real):
+    net, images = real
+    _, _, table = prototypes_from(net, images[1], seed=1)
+    w = net.head.weight.detach().flatten(1)
+    rows = score_centres([dict(r, cluster=i, size=1) for i, r in enumerate(table)], w.numpy())
+    for thres in (0.9, 0.3):
+        cfg = LPCAMConfig(mu_f=thres, mu_b_low=0.0, mu_b_high=1.0)
+        chosen, info = select_prototypes(rows, NUM_CLASSES, cfg)
+        for c in range(NUM_CLASSES):
+            fg = torch.stack([torch.as_tensor(r["vector"]) for r in table if r["class_id"] == c and r["kind"] == "fg"])
+            want = fg[authors_coco_selection(fg, w, c, thres)]
+            mine = torch.stack([torch.as_tensor(r["vector"]) for r in chosen
+                                if r["class_id"] == c and r["kind"] == "fg"])
+            torch.testing.assert_close(mine, want)
+        if thres == 0.9:      # a random head: no centre is that sure of its class, every class falls back
+            assert info["fallback_classes"] == list(range(NUM_CLASSES))
