@@ -201,6 +201,25 @@ def test_infercam_split_reads_its_centres_from_the_cam_maps(quick_run, tmp_path)
     assert proc.stored_baselines([{**batch[0], "labels": [4, 0]}], by_id, (28, 28)) is None
     assert proc.stored_baselines(batch, {stored[0]["image_id"]: stored[0]}, (28, 28)) is None
 
+
+
+def test_map_recipe_sees_prototypes_and_resampling(tmp_path):
+    """Prototypes selected again (another mu_f or fall-back) keep their file name: the recipe
+    holds their digest, so the LPCAM maps of the old ones are never resumed; the resampling
+    is part of the recipe too."""
+    from wsss_ray.config import CamConfig
+    from wsss_ray.stages.extract import map_recipe
+    first, second = tmp_path / "a" / "lpcam.parquet", tmp_path / "b" / "lpcam.parquet"
+    for path, text in ((first, "one"), (second, "two")):
+        path.parent.mkdir()
+        path.write_text(text)
+    a = map_recipe("lpcam", "ckpt", {}, str(first), CamConfig())
+    b = map_recipe("lpcam", "ckpt", {}, str(second), CamConfig())
+    assert a["prototypes"] == b["prototypes"] and a["prototypes_sha256"] != b["prototypes_sha256"]
+    assert map_recipe("cam", "ckpt", {}, "", CamConfig(resample="torch"))["resample"] == "torch"
+    assert map_recipe("cam", "ckpt", {}, "", CamConfig())["prototypes_sha256"] == ""
+
+
 def test_map_rows_come_from_their_chunk_shard_and_the_rest_from_the_directory(quick_run, tmp_path, monkeypatch):
     from wsss_ray import store
     run_dir, _, _ = quick_run

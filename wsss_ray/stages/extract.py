@@ -7,6 +7,7 @@ stage reuses the CAM's own scale-1.0 forward instead of a second Ray Data pass.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -217,12 +218,23 @@ def usable_baseline(run: RunDir, name: str, recipe: dict) -> str:
     return name if same and variant else ""
 
 
+def file_digest(uri: str) -> str:
+    """SHA-256 of a (small) file, "" for none: prototypes selected again with other mu_f or
+    fall-back keep their name, so the name alone would let a rerun resume stale maps."""
+    if not uri:
+        return ""
+    fs, path = open_fs(uri)
+    with fs.open_input_stream(path) as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def map_recipe(kind: str, checkpoint: str, params: dict | None, prototypes_path: str, cam_cfg: CamConfig) -> dict:
     """What the values in a maps directory depend on. Checkpoint and prototypes go by base name,
     so a run directory can move (local path, file://, s3://) and still resume."""
     def base(uri: str) -> str:
         return uri.rstrip("/").rsplit("/", 1)[-1] if uri else ""
     return {"kind": kind, "checkpoint": base(checkpoint), "prototypes": base(prototypes_path),
+            "prototypes_sha256": file_digest(prototypes_path),
             "params": json.loads(json.dumps(params or {}, sort_keys=True, default=str)),
             "scales": list(cam_cfg.scales), "flip": cam_cfg.flip, "store_stride": cam_cfg.store_stride,
             "max_side": cam_cfg.max_side, "resample": cam_cfg.resample}
