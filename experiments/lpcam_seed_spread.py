@@ -8,6 +8,8 @@ and a post-processing pass, no backbone work) and scored as the evaluation stage
 implementations may land when only their k-means differs (initialisation, iteration count):
 
     PYTHONPATH=. .venv/bin/python experiments/lpcam_seed_spread.py runs/coco_ref4 --seeds 0 1 2 3 4 5 6 7
+    # the same with the best of 4 k-means runs per class (LPCAMConfig.kmeans_redo)
+    PYTHONPATH=. .venv/bin/python experiments/lpcam_seed_spread.py runs/coco_ref4 --kmeans-redo 4 --tag _redo4
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    p.add_argument("--kmeans-redo", type=int, default=0, help="LPCAMConfig.kmeans_redo (0: the run's)")
+    p.add_argument("--tag", default="", help="results name suffix: experiments/results/lpcam_seed_spread<tag>.json")
     p.add_argument("--max-wait", type=float, default=60.0)
     return p.parse_args()
 
@@ -63,6 +67,8 @@ def run_all(args) -> dict:
     out = {}
     for seed in args.seeds:
         cfg = dataclasses.replace(config["lpcam"], seed=seed)
+        if args.kmeans_redo:
+            cfg = dataclasses.replace(cfg, kmeans_redo=args.kmeans_redo)
         out[seed] = seed_score(run, cfg, masks, config["eval"].thresholds, meta["num_classes"],
                                config["cam"].store_stride, head)
         show(f"seed {seed}: mIoU (thr), fall-back classes",
@@ -77,7 +83,7 @@ def run_all(args) -> dict:
 
 def main() -> None:
     args = parse_args()
-    measured("lpcam_seed_spread", args, lambda: run_all(args))
+    measured(f"lpcam_seed_spread{args.tag}", args, lambda: run_all(args))
 
 
 if __name__ == "__main__":

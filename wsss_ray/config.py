@@ -106,6 +106,7 @@ class LPCAMConfig:
     images_per_class: int = 100       # 0 = all images of the class
     max_positions_per_image: int = 0  # 0 = no cap
     kmeans_iters: int = 50
+    kmeans_redo: int = 1              # best of N seeded k-means runs (faiss nredo); 1 = one run, as the authors
     seed: int = 0
     fg_only: bool = False             # LPCAM-F
     fallback: str = "near_best"       # no centre passes mu_f: "near_best" (authors' COCO) | "best_one"

@@ -29,7 +29,9 @@ def faiss_gpu_available() -> bool:
 
 
 def spherical_kmeans(points: np.ndarray, k: int, iters: int = 50, seed: int = 0,
-                     use_gpu: bool | None = None) -> Clusters:
+                     use_gpu: bool | None = None, redo: int = 1) -> Clusters:
+    """``redo`` > 1: faiss runs k-means that many times from different seeds and keeps the run
+    with the best objective (less dependence on the initial centres)."""
     import faiss
     x = np.ascontiguousarray(points, dtype=np.float32)
     n, d = x.shape
@@ -38,7 +40,7 @@ def spherical_kmeans(points: np.ndarray, k: int, iters: int = 50, seed: int = 0,
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = min(k, n)                          # fewer points than clusters: one cluster per point at most
     gpu = faiss_gpu_available() if use_gpu is None else use_gpu
-    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, gpu=gpu,
+    km = faiss.Kmeans(d, k, niter=iters, seed=seed, spherical=True, gpu=gpu, nredo=max(1, int(redo)),
                       min_points_per_centroid=1, max_points_per_centroid=max(256, n // k + 1), verbose=False)
     km.train(unit)                        # faiss re-seeds empty clusters by splitting large ones
     _, assign = km.index.search(unit, 1)
@@ -71,10 +73,11 @@ def centre_rows(class_id: int, kind: str, clusters: Clusters) -> list[dict]:
 
 
 def cluster_class(class_id: int, points: dict[str, np.ndarray], k: int, iters: int, seed: int,
-                  use_gpu: bool | None = None) -> list[dict]:
+                  use_gpu: bool | None = None, redo: int = 1) -> list[dict]:
     """One class's foreground and context points, clustered separately (seeded per class)."""
     return [row for kind in (FG, CONTEXT)
-            for row in centre_rows(class_id, kind, spherical_kmeans(points[kind], k, iters, seed + class_id, use_gpu))]
+            for row in centre_rows(class_id, kind,
+                                   spherical_kmeans(points[kind], k, iters, seed + class_id, use_gpu, redo))]
 
 
 def cluster_points(per_class: dict[int, dict[str, list[np.ndarray]]], num_classes: int, dim: int,
@@ -85,7 +88,7 @@ def cluster_points(per_class: dict[int, dict[str, list[np.ndarray]]], num_classe
     for c in range(num_classes):
         blocks = per_class.get(c, {})
         points = {kind: stack_rows(blocks.get(kind, []), dim) for kind in (FG, CONTEXT)}
-        rows += cluster_class(c, points, cfg.k, cfg.kmeans_iters, cfg.seed)
+        rows += cluster_class(c, points, cfg.k, cfg.kmeans_iters, cfg.seed, redo=cfg.kmeans_redo)
     return rows
 
 

@@ -30,13 +30,14 @@ def class_features(features_dir: str, class_id: int, dim: int) -> dict[str, np.n
 
 
 def cluster_class(features_dir: str, class_id: int, dim: int, k: int, iters: int, seed: int,
-                  use_gpu: bool | None = None) -> list[dict]:
+                  use_gpu: bool | None = None, redo: int = 1) -> list[dict]:
     """The centre rows of one class's stored features."""
-    return clustering.cluster_class(class_id, class_features(features_dir, class_id, dim), k, iters, seed, use_gpu)
+    return clustering.cluster_class(class_id, class_features(features_dir, class_id, dim), k, iters, seed, use_gpu,
+                                    redo)
 
 
 def cluster_classes(features_dir: str, class_ids: list[int], dim: int, k: int, iters: int, seed: int,
-                    use_gpu: bool | None = None) -> dict[int, list[dict]]:
+                    use_gpu: bool | None = None, redo: int = 1) -> dict[int, list[dict]]:
     """Several classes one after the other: a task per worker, not per class, so each worker
     starts once; memory stays one class's features."""
-    return {c: cluster_class(features_dir, c, dim, k, iters, seed, use_gpu) for c in class_ids}
+    return {c: cluster_class(features_dir, c, dim, k, iters, seed, use_gpu, redo) for c in class_ids}

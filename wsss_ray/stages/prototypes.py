@@ -110,7 +110,8 @@ def cluster_all(run: RunDir, checkpoint: str, cfg: LPCAMConfig, use_gpu: bool = 
     start = time.perf_counter()
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(cluster_classes)
     groups = cluster_task_groups(num_classes, cluster_slots(use_gpu))
-    refs = [task.remote(run.uri("features"), group, dim, cfg.k, cfg.kmeans_iters, cfg.seed) for group in groups]
+    refs = [task.remote(run.uri("features"), group, dim, cfg.k, cfg.kmeans_iters, cfg.seed, None, cfg.kmeans_redo)
+            for group in groups]
     by_class = {c: rows for part in ray.get(refs) for c, rows in part.items()}
     table = centres_table([r for c in range(num_classes) for r in by_class[c]], head)
     write_table_uri(table, run.uri("prototypes", "centres.parquet"))

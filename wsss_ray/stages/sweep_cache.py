@@ -203,7 +203,7 @@ def split_points(split: dict[int, dict], sampled: dict[int, list[int]], cfg: LPC
 
 def centres_key(cfg: LPCAMConfig) -> str:
     """Only these knobs change the clusters; mu_f / mu_b only re-select among them."""
-    fields = {k: getattr(cfg, k) for k in ("tau", "k", "kmeans_iters", "seed", "images_per_class",
+    fields = {k: getattr(cfg, k) for k in ("tau", "k", "kmeans_iters", "kmeans_redo", "seed", "images_per_class",
                                           "max_positions_per_image")}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
