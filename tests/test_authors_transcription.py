@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss_ray.api import CAM, LPCAM, Model
+from wsss_ray.api import CAM, LPCAM, Model, ReCAM
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
 from wsss_ray.config import LPCAMConfig
 from wsss_ray.models.classifier import build_classifier
@@ -72,9 +72,10 @@ def strided_size(size, stride=4):
     return ((size[0] + stride - 1) // stride, (size[1] + stride - 1) // stride)
 
 
-def authors_cam(net, img: np.ndarray, label: list[int]) -> torch.Tensor:
+def authors_cam(net, img: np.ndarray, label: list[int], w: torch.Tensor | None = None) -> torch.Tensor:
+    """IRN's make_cam; ReCAM's make_recam is the same with ``w`` = its forward1 / forward2 weight."""
     size = img.shape[:2]
-    w = net.head.weight
+    w = net.head.weight if w is None else w
     outputs = []
     for pair in authors_inputs(img):
         x = F.relu(F.conv2d(net.features(pair), w))
@@ -166,6 +167,22 @@ def test_cam_matches_authors_make_cam(real):
             want = authors_cam(net, img, lab).numpy()
             assert g.shape == want.shape
             np.testing.assert_allclose(g, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("variant", ["w*w'", "w'"])
+def test_recam_matches_authors_make_recam(real, variant):
+    # make_recam: forward2 convolves with w' * w (the predictor's weight times the classifier's),
+    # forward1 with w' alone; then make_cam's sum over scales and max-normalisation
+    net, images = real
+    torch.manual_seed(1)
+    with torch.no_grad():
+        net.fc2.weight.normal_(0, 0.05)
+    got = ReCAM(model_of(net), variant=variant, stride=4)(images[:1], LABELS[:1])[0]
+    w2 = net.fc2.weight
+    weight = w2 * net.head.weight if variant == "w*w'" else w2
+    with torch.no_grad():
+        want = authors_cam(net, images[0], LABELS[0], weight).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_torch_resample_is_a_measurable_departure(real):
