@@ -92,3 +92,18 @@ def test_the_job_extracts_the_chosen_recam_weight_and_infercam_only_unless_asked
     assert all(v.erase == "union" for v in variants.values())          # the ablation keeps the options
     with pytest.raises(ValueError, match="recam_weight 'w2'"):
         dataclasses.replace(cfg, recam_weight="w2")
+
+
+def test_cam_and_lpcam_options_replace_the_presets_fields():
+    base = parse(["--methods", "cam,lpcam"])
+    cfg = parse(["--methods", "cam,lpcam", "--cam", "resample=torch,scales=1.0/0.5",
+                 "--lpcam", "fallback=best_one,kmeans_redo=4,tau=0.2"])
+    assert (cfg.cam.resample, cfg.cam.scales) == ("torch", (1.0, 0.5))
+    assert cfg.cam.store_stride == base.cam.store_stride and cfg.cam.num_actors == base.cam.num_actors
+    assert (cfg.lpcam.fallback, cfg.lpcam.kmeans_redo, cfg.lpcam.tau) == ("best_one", 4, 0.2)
+    assert cfg.lpcam.k == base.lpcam.k                         # the preset's K is kept
+    assert base.cam.resample == "pil" and base.lpcam.fallback == "near_best"
+    with pytest.raises(SystemExit, match="--cam: resample must be"):
+        parse(["--cam", "resample=bilinear"])
+    with pytest.raises(SystemExit, match="--lpcam: fallback must be"):
+        parse(["--lpcam", "fallback=none"])
