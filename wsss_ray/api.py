@@ -25,7 +25,6 @@ from wsss_ray.cams.clustering import CONTEXT, FG, cluster_points
 from wsss_ray.cams.lpcam import PrototypeBank, split_image
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
 from wsss_ray.cams.registry import build_map_fn
-from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig, from_dict
 from wsss_ray.models.checkpoint import load_classifier
 from wsss_ray.models.classifier import Classifier
@@ -109,7 +108,7 @@ def shape_batches(images: Sequence[np.ndarray], batch_size: int) -> list[list[in
 
 def as_batch(model: Model, images: Sequence[np.ndarray], device) -> torch.Tensor:
     """uint8 images -> the normalised (N,3,H,W) input the extraction stage builds."""
-    return torch.from_numpy(np.stack([normalise_image(im, model.mean, model.std) for im in images])).to(device)
+    return network_inputs(images, model.mean, model.std, (1.0,), "torch", device)
 
 
 def to_grid(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

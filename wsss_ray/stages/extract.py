@@ -19,7 +19,6 @@ import torch
 
 from wsss_ray.cams.cam import base_batch, network_inputs, strided_size
 from wsss_ray.cams.registry import TAKES_BASELINES, build_map_fn
-from wsss_ray.data.augment import normalise_image
 from wsss_ray.config import CamConfig, LPCAMConfig
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
@@ -55,7 +54,7 @@ class ModelRunner:
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         mean, std = self.model_cfg.image_mean, self.model_cfg.image_std
-        return torch.from_numpy(np.stack([normalise_image(im, mean, std) for im in images])).to(self.device)
+        return network_inputs(images, mean, std, (1.0,), "torch", self.device)    # the scale-1.0 batch
 
     def inputs(self, images: list[np.ndarray], cam_cfg: CamConfig):
         """The map pass's input: a scale pyramid (``cam_cfg.resample``, ``cams.cam.network_inputs``)."""
