@@ -7,9 +7,10 @@ the same images, scales, flips and copy batches:
 - **CAM**: the CAM map function (the extraction actor's).
 - **AdvCAM**: the AdvCAM map function (defaults: 27 steps, all GT classes of a batch climb
   together, ``max_batch`` copies per pass).
-- **bare passes**: only what the method cannot avoid -- per scale and per chunk of copies,
-  ``steps`` x (forward, backward to the input) + one forward, with a plain sum of the
-  logits as the objective and no mask, step, clamp or accumulation.
+- **bare passes**: only what the method cannot avoid -- per scale and per chunk of [image,
+  mirror] pairs, the scale's climbing steps (13 at scale 0.5, else 27) x (forward, backward to
+  the input), with a plain sum of the logits as the objective and no mask, step, clamp or
+  accumulation.
 
 Targets: AdvCAM throughput >= 0.8 of the bare passes; the cost per image against CAM is
 reported (the method is tens of times dearer by construction).
@@ -25,7 +26,7 @@ import torch
 
 from _common import DEMO_CKPT, add_load_args, checkpoint_ready, measured, ratio, show
 from _models import SCALES, demo_images, tiny_model, to_tensor
-from wsss_ray.cams.advcam import AdvCamConfig, class_pairs
+from wsss_ray.cams.advcam import AdvCamConfig, class_pairs, steps_at_scale
 from wsss_ray.cams.cam import class_activation, scaled_batch, strided_size, with_flips
 from wsss_ray.cams.registry import build_map_fn
 
@@ -47,16 +48,14 @@ def bare_passes(model, weight, images, classes, steps: int, max_batch: int) -> N
     """The forward/backward passes AdvCAM needs, with nothing else around them."""
     owner, _ = class_pairs(classes, images.device)
     for scale in SCALES:
-        x0 = with_flips(scaled_batch(images, scale)[owner], True)
-        for chunk in x0.split(max_batch):
-            x = chunk
-            for _ in range(steps):
+        level = scaled_batch(images, scale)
+        for chunk in owner.split(max(1, max_batch // 2)):       # pairs: [image, mirror] per class
+            x = with_flips(level[chunk], True)
+            for _ in range(steps_at_scale(steps, scale)):
                 with torch.enable_grad():
                     x = x.detach().requires_grad_(True)
                     (grad,) = torch.autograd.grad(class_activation(model.features(x), weight).sum(), x)
                 x = x + 1e-3 * grad
-            with torch.no_grad():
-                class_activation(model.features(x), weight)
 
 
 def seconds(fn, batches) -> float:

@@ -12,11 +12,16 @@ no code with the package:
   bilinear to the stride-4 size; mean over scales; over the max.
 - LPCAM ``step_coco/make_lpcam.py`` selection: softmax(centres W^T), centres over class_thres,
   else those within 1e-6 of the best.
+- AdvCAM ``obtain_CAM_masking.py`` with its ``gradCAM.py``: per scale (0.5 first) and GT class,
+  the [image, flip] pair climbed ``adv_iter`` times (scale 0.5: fewer), Grad-CAM of the last stage
+  from a hooked backward of the summed positive activation, the map accumulated before each step,
+  the step normalised by the pair's max |gradient| and clamped to the pair's min / max.
 
 The head is a seeded random linear layer: the formulas, not the weights, are under test.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss_ray.api import CAM, LPCAM, Model, ReCAM
+from wsss_ray.api import CAM, LPCAM, AdvCAM, Model, ReCAM
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
 from wsss_ray.config import LPCAMConfig
 from wsss_ray.models.classifier import build_classifier
@@ -116,6 +121,53 @@ def authors_coco_selection(centres: torch.Tensor, w: torch.Tensor, class_id: int
     if torch.sum(selected) < 1:
         selected = prob[:, class_id] > torch.max(prob[:, class_id]) - 1e-6
     return selected
+
+
+def authors_advcam(net, img: np.ndarray, label: list[int], adv_iter: int, AD_coeff=7.0, AD_stepsize=0.08,
+                   score_th=0.5, inputs=None) -> torch.Tensor:
+    size = img.shape[:2]
+    pack_img = authors_inputs(img) if inputs is None else inputs     # scales (1.0, 0.5, 1.5, 2.0)
+    w = net.head.weight
+    outputs_cam = []
+    mul_for_scale = 1
+    for size_idx in [1, 0, 2, 3]:
+        for c_idx, c in enumerate(label):
+            img_single = pack_img[size_idx].clone()
+            if size_idx != 1:
+                total_adv_iter = adv_iter
+            elif adv_iter > 10:
+                total_adv_iter, mul_for_scale = adv_iter // 2, 2
+            elif adv_iter < 6:
+                total_adv_iter, mul_for_scale = adv_iter, 1
+            else:
+                total_adv_iter, mul_for_scale = 5, 1.0
+            for it in range(total_adv_iter):
+                img_single.requires_grad = True
+                fmaps = net.features(img_single)                  # the hooked stage4 output
+                outputs = F.conv2d(fmaps, w)                      # CAM(separate=True)
+                if c_idx == 0 and it == 0:
+                    cam_all_classes = torch.zeros([len(label), outputs.shape[2], outputs.shape[3]], dtype=outputs.dtype)
+                logits_vec = torch.sum(F.relu(outputs).view(2, outputs.shape[1], -1), -1)      # gsp2d
+                grads = torch.autograd.grad(logits_vec[:, c].sum(), fmaps, retain_graph=True)[0]
+                weights = torch.sum(grads.view(2, grads.shape[1], -1), -1) / (torch.sum(grads > 0) + 1e-12)
+                gcam = F.relu(torch.sum(fmaps * weights[:, :, None, None], dim=1, keepdim=True))
+                regions = gcam[0] + gcam[1].flip(-1)
+                if it == 0:
+                    init_cam = regions.detach()
+                cam_all_classes[c_idx] += regions[0].detach() * mul_for_scale
+                logit = torch.mean(F.relu(outputs).view(2, outputs.shape[1], -1), -1)          # gap2d
+                logit_loss = -2 * (logit[:, c]).sum() + torch.sum(logit)
+                expanded_mask = torch.zeros(regions.shape, dtype=regions.dtype)
+                expanded_mask[(regions / regions.max()) > score_th] = 1
+                L_AD = torch.sum(torch.abs(regions - init_cam) * expanded_mask)
+                loss = -logit_loss - L_AD * AD_coeff
+                data_grad = torch.autograd.grad(loss, img_single)[0]
+                perturbed = img_single + AD_stepsize * data_grad / (torch.max(torch.abs(data_grad)) + 1e-12)
+                img_single = torch.clamp(perturbed, img_single.min().item(), img_single.max().item()).detach()
+        outputs_cam.append(cam_all_classes)
+    strided_cam = torch.sum(torch.stack([F.interpolate(o[None], strided_size(size), mode="bilinear",
+                                                       align_corners=False)[0] for o in outputs_cam]), 0)
+    return strided_cam / (F.adaptive_max_pool2d(strided_cam, (1, 1)) + 1e-5)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -223,3 +275,37 @@ def test_coco_prototype_selection_matches_authors(real):
             torch.testing.assert_close(mine, want)
         if thres == 0.9:      # a random head: no centre is that sure of its class, every class falls back
             assert info["fallback_classes"] == list(range(NUM_CLASSES))
+
+
+def test_advcam_one_step_through_the_api_matches_authors(real):
+    # float32, the product's own PIL pyramid: x_0's Grad-CAM pair map, summed over scales
+    net, images = real
+    img = np.ascontiguousarray(images[1][:97, :133])
+    got = AdvCAM(model_of(net), steps=1, stride=4)([img], [LABELS[1]])[0]
+    want = authors_advcam(net, img, LABELS[1], 1).detach().numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_advcam_climbing_matches_authors(real):
+    """Several climbing steps, in float64 on the transcription's own inputs.
+
+    The climb amplifies input rounding about 20x a step (the sign of |G_t - G_0|, the mask edge,
+    the pixel holding max|grad|): in float32 the product's and the transcription's inputs differ by
+    float rounding and the maps by 2e-6 / 7e-5 / 2e-3 after 1 / 2 / 3 steps. Sharing the inputs in
+    float64 isolates the climbing from that noise; 11 steps also run the authors' shorter schedule
+    at scale 0.5 (5 steps there)."""
+    from wsss_ray.cams.advcam import advcam_maps
+    from wsss_ray.cams.cam import ScalePyramid
+    from wsss_ray.config import AdvCamConfig
+    adv_iter, labels = 11, [0, 3]
+    net, images = real
+    net64 = copy.deepcopy(net).double()
+    img = np.ascontiguousarray(images[0][:65, :97])
+    pairs = [p.double() for p in authors_inputs(img)]
+    pyramid = ScalePyramid({s: pair[:1] for s, pair in zip(SCALES, pairs)})
+    with torch.no_grad():
+        got = advcam_maps(net64.features, net64.head.weight.flatten(1), pyramid, [labels], strided_size(img.shape),
+                          SCALES, True, AdvCamConfig(steps=adv_iter))[0]
+    want = authors_advcam(net64, img, labels, adv_iter, inputs=pairs).detach()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

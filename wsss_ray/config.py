@@ -160,15 +160,16 @@ class InferCamConfig:
 # AdvCAM (CVPR 2021): adversarial climbing. Defaults are the authors' VOC settings.
 @dataclass(frozen=True)
 class AdvCamConfig:
-    steps: int = 27             # climbing steps per copy (T); maps of x_0..x_T are summed
+    steps: int = 27             # climbing iterations per pair (T): maps of x_0..x_{T-1}; scale 0.5: fewer
     step_size: float = 0.08     # xi
     mu: float = 7.0             # regulariser weight
     mask_threshold: float = 0.5  # M: fraction of the current map's max
     max_batch: int = 16         # copies (flip copies included) per forward/backward; bounds memory
 
     def __post_init__(self):
-        if self.steps < 0 or self.max_batch < 1:
-            raise ValueError("steps must be >= 0 and max_batch >= 1")
+        if self.steps < 1 or self.max_batch < 1:
+            raise ValueError(f"steps and max_batch must be >= 1, got steps={self.steps}, "
+                             f"max_batch={self.max_batch}")
 
 
 @dataclass(frozen=True)

@@ -1,53 +1,48 @@
-"""AdvCAM (METHODS.md section 1b; objective as cited by ReCAM, seed 002 eq. 10): anti-adversarial
-climbing on the input image, accumulating the CAM of every climbed image.
+"""AdvCAM (METHODS.md section 1b) as the authors' ``obtain_CAM_masking.py`` computes it:
+anti-adversarial climbing on the input image, accumulating the class's map along the path.
 
-A *copy* is one (image, GT class k, flip) at one scale. For each copy, x_0 is the bicubic-scaled
-(and, for the flip copy, mirrored) image; for t = 1..T (T = ``steps``)::
+A *pair* is one (image, GT class k) at one scale: the image and its mirror, climbed as one unit
+(the authors run batch 1 with the MSF dataset's [image, flip] pair). For t = 0..T-1::
 
-    A = class_activation(features(x_{t-1}), W),  CAM = relu(A),  y_c = mean_hw CAM_c
-    L = y_k - sum_{j != k} y_j - mu * || M * |CAM_k(x_{t-1}) - CAM_k(x_0)| ||_1
-    M = 1(CAM_k(x_{t-1}) > mask_threshold * max CAM_k(x_{t-1}))        (no gradient)
-    x_t = clamp(x_{t-1} + step_size * dL/dx / max|dL/dx|,  per-channel [min, max] of x_0)
+    A = class_activation(features(x_t), W)              (both copies, all classes)
+    G_t = gradcam_k(x_t) + flip(gradcam_k(flip copy))    (the pair's fused map of class k)
+    L = sum_copies [y_k - sum_{j != k} y_j] - mu * || M * |G_t - G_0| ||_1,   y = GAP(relu(A))
+    M = 1(G_t / max G_t > mask_threshold)                (no gradient; an all-zero map has none)
+    x_{t+1} = clamp(x_t + step_size * dL/dx / (max|dL/dx| + 1e-12),  [min x_t, max x_t])
 
-The copy's map is ``sum_{t=0..T} CAM_k(x_t)``. Per scale the flip copy's map is mirrored back and
-added, upsampled bilinearly to ``out_size``; scales are summed and each class map is divided by its
-max + 1e-5 -- exactly CAM's post-processing (section 0), so ``steps=0`` reproduces plain CAM.
+The pair's map is ``sum_{t=0..T-1} G_t`` (the last climbed image is never looked at). Maps of every
+scale are upsampled bilinearly to ``out_size`` and summed; each class map is divided by its max +
+1e-5, as for CAM.
 
-Choices (paper / ReCAM text vs the AdvCAM authors' ``obtain_CAM_masking.py``):
+What the authors' code does, each rule kept here:
 
-* ``j != k`` runs over **all** classes, not only the image's GT ones: ReCAM's eq. 10 sums over
-  ``K \\ k`` with K the whole label set, and the authors' code uses ``-2 y_k + sum_j y_j`` over all 20.
-* CAM_k in the regulariser is the raw ``relu(A_k)`` (not max-normalised), as in the code (its map
-  is un-normalised) so ``mu = 7`` keeps the scale it was tuned for; eq. 10 writes normalised maps, but
-  the mask is the same either way. The code's map is a Grad-CAM of layer4 (weights = mean positive
-  gradient); we use the CAM weight passed in, as METHODS.md specifies.
-* Accumulation: x_0 .. x_T, i.e. T+1 maps from T climbing steps (T backward passes, T+1 forwards;
-  the last forward runs without a graph). The code accumulates before each step and never looks at
-  its last climbed image, i.e. x_0 .. x_{26} for its 27 iterations (= our ``steps=26``). Ours keeps
-  ``steps=0`` == plain CAM.
-* Copies are independent: the flip copy climbs on its own objective, regulariser and step size. The
-  code climbs the [image, flip] pair as one unit (regulariser and mask on the flip-fused map, one
-  gradient max over both) -- a coupling that only exists because it runs batch 1.
-* Step normalisation uses each copy's own max|grad| (+1e-12, so a zero gradient means no step), and
-  the clamp is per channel of that copy's x_0. The code clamps to the current image's global min/max.
-* Every scale climbs ``steps`` steps. The code gives scale 0.5 half the steps (13) times 2, and its
-  weight 2 then leaks to every later scale (a uniform factor, harmless after max-normalisation).
+* **Grad-CAM of the last stage** (their ``gradCAM.py`` on ``stage4``): channel weights are the
+  gradient of ``sum_hw relu(A_k)`` (summed over both copies) w.r.t. the features, summed over
+  positions and divided by the number of positive gradient entries in the whole pair tensor
+  (``gap2d_pos``). With a linear head and no bias this is ``relu(A_k)`` times ``n_b / N``: ``n_b``
+  the copy's count of positions with ``A_k > 0``, ``N = (n_image + n_flip) * P_k`` with ``P_k`` the
+  number of positive entries of ``W_k``. The factor is a constant of each step (no gradient).
+* The margin sums over **all** classes (``-2 y_k + sum_j y_j``), not only the image's GT ones.
+* The step is normalised by the max |gradient| over the **whole pair**, and the clamp uses the
+  **current** pair's global min and max (all channels, both copies).
+* **Scale 0.5 climbs fewer steps**: ``steps // 2`` when steps > 10, 5 when 6 <= steps <= 10, else
+  ``steps``. The code also multiplies every scale's map by 2 when steps > 10 (its ``mul_for_scale``
+  is set at scale 0.5, processed first, and never reset): a uniform factor that the max
+  normalisation removes, so it is left out (raw maps, ``normalise=False``, are half the code's).
 
 Gradients: the extraction stage calls map fns under ``torch.no_grad()``; climbing re-enables
 gradients locally and takes ``torch.autograd.grad`` w.r.t. the input only, so model parameters'
-``requires_grad`` and ``.grad`` are untouched. Copies must not interact inside ``features_fn``
-(BatchNorm in eval mode), which is what makes one backward of the summed objective give every copy
+``requires_grad`` and ``.grad`` are untouched. Pairs must not interact inside ``features_fn``
+(BatchNorm in eval mode), which is what makes one backward of the summed objective give every pair
 its own gradient.
 
-Cost (defaults, per image with n GT classes): CAM runs 8 forward inputs (4 scales x 2 flips)
-shared by all classes. AdvCAM runs 8n copies, each 27 forward+backward passes plus one forward,
-i.e. 216n forward+backward + 8n forward passes: 28n x CAM's backbone inputs, about 55-80n x its
-compute (a backward costs 1-2 forwards); measured 224 vs 8 inputs and ~39x CPU time for n=1 on the
-tiny backbone at 96 px. Batching changes the number of calls, not that count.
+Cost (defaults, per image with n GT classes): CAM runs 8 forward inputs (4 scales x 2 flips) shared
+by all classes. AdvCAM climbs 4n pairs: (13 + 3 x 27) = 94 forward+backward passes of a pair per
+class, i.e. 188n copies' forward+backward against CAM's 8 forwards.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,109 +52,107 @@ from wsss_ray.config import AdvCamConfig  # noqa: F401  (typed configs live in c
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 GRAD_EPS = 1e-12
+SHORT_SCALE = 0.5   # the authors' second scale, which climbs fewer steps
+
+
+def steps_at_scale(steps: int, scale: float) -> int:
+    """The authors' step count: fewer at scale 0.5 (their ``total_adv_iter``)."""
+    if scale != SHORT_SCALE or steps < 6:
+        return steps
+    return steps // 2 if steps > 10 else 5
+
+
+# ------------------------------------------------------------------ per-pair bookkeeping
+# Copies are laid out as with_flips does: [images of the P pairs, their mirrors], i.e. G groups of P.
+
+
+def pair_sum(values: torch.Tensor, groups: int) -> torch.Tensor:
+    """(G*P,) -> (P,): sum over each pair's copies."""
+    return values.view(groups, -1).sum(0)
+
+
+def pair_extreme(x: torch.Tensor, groups: int, largest: bool) -> torch.Tensor:
+    """(G*P, ...) -> (G*P, 1, 1, 1): each pair's global max (or min) over all its copies' values."""
+    flat = x.reshape(groups, x.shape[0] // groups, -1)
+    ext = flat.amax((0, 2)) if largest else flat.amin((0, 2))
+    return ext.repeat(groups).view(-1, *([1] * (x.dim() - 1)))
 
 
 # ------------------------------------------------------------------ objective
 
 
-def relu_cams(features_fn: FeaturesFn, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,C,h,w) relu(A) for every class."""
-    return torch.relu(class_activation(features_fn(x), weight))
+def positive_entries(weight: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """P_k: how many entries of each pair's class weight are positive: (P,)."""
+    return (weight.reshape(weight.shape[0], -1)[cls] > 0).sum(1)
 
 
-def pick_class(cams: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """(B,C,h,w), (B,) -> (B,h,w): each copy's own class map."""
-    return cams[torch.arange(cams.shape[0], device=cams.device), cls]
+def fused_gradcam(act_k: torch.Tensor, n_positive_w: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The pair's Grad-CAM of its class, flips fused: (G*P,h,w) raw A_k -> (P,h,w).
+
+    Each copy's map is relu(A_k) * n_b / N (see the module docstring); the factor carries no gradient.
+    """
+    groups = 2 if flip else 1
+    n = (act_k.detach() > 0).flatten(1).sum(1)
+    total = pair_sum(n, groups) * n_positive_w
+    share = n.to(act_k.dtype) / (total.repeat(groups).to(act_k.dtype) + GRAD_EPS)
+    return fuse_flips(torch.relu(act_k) * share[:, None, None], flip)
 
 
-def class_margin(cams: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """y_k - sum_{j != k} y_j with y = GAP(relu(A)), over all classes: (B,)."""
-    y = cams.mean((2, 3))
-    return 2 * y.gather(1, cls[:, None])[:, 0] - y.sum(1)
+def class_margin(act: torch.Tensor, cls: torch.Tensor, groups: int) -> torch.Tensor:
+    """sum over a pair's copies of y_k - sum_{j != k} y_j, y = GAP(relu(A)) over all classes: (P,)."""
+    y = torch.relu(act).mean((2, 3))
+    per_copy = 2 * y.gather(1, cls.repeat(groups)[:, None])[:, 0] - y.sum(1)
+    return pair_sum(per_copy, groups)
 
 
-def discriminative_mask(cam_k: torch.Tensor, threshold: float) -> torch.Tensor:
-    """M: pixels above ``threshold`` x the map's own max (none for an all-zero map); no gradient."""
-    cam_k = cam_k.detach()
-    peak = cam_k.flatten(1).amax(1)[:, None, None]
-    return (cam_k > threshold * peak).to(cam_k.dtype)
+def discriminative_mask(region: torch.Tensor, threshold: float) -> torch.Tensor:
+    """M: pixels whose map over its own max exceeds ``threshold`` (none for an all-zero map)."""
+    region = region.detach()
+    peak = region.flatten(1).amax(1)[:, None, None]
+    return (region / peak > threshold).to(region.dtype)     # 0/0 is NaN, never > threshold
 
 
-def mask_regulariser(cam_k: torch.Tensor, base: torch.Tensor, threshold: float) -> torch.Tensor:
-    """|| M * |CAM_k(x_{t-1}) - CAM_k(x_0)| ||_1 per copy: (B,)."""
-    mask = discriminative_mask(cam_k, threshold)
-    return (mask * (cam_k - base).abs()).sum((1, 2))
-
-
-def adversarial_objective(cams: torch.Tensor, cls: torch.Tensor, base: torch.Tensor, mu: float,
-                          threshold: float) -> torch.Tensor:
-    """Per-copy AdvCAM objective (to maximise): (B,)."""
-    objective = class_margin(cams, cls)
-    if mu:
-        objective = objective - mu * mask_regulariser(pick_class(cams, cls), base, threshold)
-    return objective
+def mask_regulariser(region: torch.Tensor, base: torch.Tensor, threshold: float) -> torch.Tensor:
+    """|| M * |G_t - G_0| ||_1 per pair: (P,)."""
+    return (discriminative_mask(region, threshold) * (region - base).abs()).sum((1, 2))
 
 
 # ------------------------------------------------------------------ climbing
 
 
 def objective_gradient(features_fn: FeaturesFn, weight: torch.Tensor, x: torch.Tensor, cls: torch.Tensor,
-                       base: torch.Tensor | None, cfg: AdvCamConfig):
-    """(all-class CAMs of x, dL/dx) for every copy; ``base=None`` means x is x_0 itself.
-
-    Copies are independent, so the gradient of the summed objective is each copy's own gradient.
-    """
+                       base: torch.Tensor | None, cfg: AdvCamConfig, flip: bool):
+    """(the pair's fused map G_t, dL/dx) for every pair; ``base=None`` means x is x_0 itself."""
+    groups = 2 if flip else 1
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        cams = relu_cams(features_fn, weight, x)
-        base = pick_class(cams, cls).detach() if base is None else base
-        objective = adversarial_objective(cams, cls, base, cfg.mu, cfg.mask_threshold)
+        act = class_activation(features_fn(x), weight)
+        act_k = act[torch.arange(act.shape[0], device=act.device), cls.repeat(groups)]
+        region = fused_gradcam(act_k, positive_entries(weight, cls), flip)
+        base = region.detach() if base is None else base
+        objective = class_margin(act, cls, groups)
+        if cfg.mu:
+            objective = objective - cfg.mu * mask_regulariser(region, base, cfg.mask_threshold)
         (grad,) = torch.autograd.grad(objective.sum(), x)
-    return cams.detach(), grad
+    return region.detach(), grad
 
 
-def climb_step(x: torch.Tensor, grad: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
-               step_size: float) -> torch.Tensor:
-    """x + step_size * grad / max|grad| (each copy's own max), clamped to [low, high] per channel."""
-    scale = grad.abs().flatten(1).amax(1).view(-1, 1, 1, 1) + GRAD_EPS
-    return torch.minimum(torch.maximum(x + step_size * grad / scale, low), high)
+def climb_step(x: torch.Tensor, grad: torch.Tensor, step_size: float, groups: int) -> torch.Tensor:
+    """x + step_size * grad / max|grad| (the pair's max), clamped to the pair's current [min, max]."""
+    stepped = x + step_size * grad / (pair_extreme(grad.abs(), groups, True) + GRAD_EPS)
+    return torch.minimum(torch.maximum(stepped, pair_extreme(x, groups, False)), pair_extreme(x, groups, True))
 
 
-def channel_range(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per copy, per channel min and max of x_0: two (B,3,1,1) tensors."""
-    flat = x0.flatten(2)
-    return flat.amin(2)[..., None, None], flat.amax(2)[..., None, None]
-
-
-def climbing_path(features_fn: FeaturesFn, weight: torch.Tensor, x0: torch.Tensor, cls: torch.Tensor,
-                  cfg: AdvCamConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x_t, all-class CAMs of x_t), both detached, for t = 0..steps."""
-    low, high = channel_range(x0)
-    x, base = x0.detach(), None
-    for _ in range(cfg.steps):
-        cams, grad = objective_gradient(features_fn, weight, x, cls, base, cfg)
-        base = pick_class(cams, cls) if base is None else base
-        yield x, cams
-        x = climb_step(x, grad, low, high, cfg.step_size)
-    with torch.no_grad():   # the last image needs no gradient; yield outside the block
-        cams = relu_cams(features_fn, weight, x)
-    yield x, cams
-
-
-def climb(features_fn: FeaturesFn, weight: torch.Tensor, x0: torch.Tensor, cls: torch.Tensor,
-          cfg: AdvCamConfig) -> torch.Tensor:
-    """sum_{t=0..steps} CAM_k(x_t) per copy, at feature resolution: (B,h,w)."""
-    total = None
-    for _, cams in climbing_path(features_fn, weight, x0, cls, cfg):
-        cam_k = pick_class(cams, cls)
-        total = cam_k if total is None else total + cam_k
+def climb(features_fn: FeaturesFn, weight: torch.Tensor, x0: torch.Tensor, cls: torch.Tensor, steps: int,
+          cfg: AdvCamConfig, flip: bool) -> torch.Tensor:
+    """sum_{t=0..steps-1} G_t per pair, at feature resolution: (P,h,w)."""
+    x, base, total = x0.detach(), None, None
+    for _ in range(steps):
+        region, grad = objective_gradient(features_fn, weight, x, cls, base, cfg, flip)
+        base = region if base is None else base
+        total = region if total is None else total + region
+        x = climb_step(x, grad, cfg.step_size, 2 if flip else 1)
     return total
-
-
-def climb_chunked(features_fn: FeaturesFn, weight: torch.Tensor, x0: torch.Tensor, cls: torch.Tensor,
-                  cfg: AdvCamConfig) -> torch.Tensor:
-    return torch.cat([climb(features_fn, weight, xs, ks, cfg)
-                      for xs, ks in zip(x0.split(cfg.max_batch), cls.split(cfg.max_batch))])
 
 
 # ------------------------------------------------------------------ maps
@@ -173,23 +166,24 @@ def class_pairs(classes: Sequence[Sequence[int]], device) -> tuple[torch.Tensor,
             torch.tensor(ids, dtype=torch.long, device=device))
 
 
-def scale_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, owner: torch.Tensor,
-               cls: torch.Tensor, scale: float, out_size: tuple[int, int], flip: bool,
-               cfg: AdvCamConfig) -> torch.Tensor:
-    """One scale: climb every (image, class) pair and its flip copy, fuse flips, upsample: (P,*out_size)."""
-    x0 = with_flips(scaled_batch(images, scale)[owner], flip)   # [pairs, flipped pairs]
-    copy_cls = cls.repeat(2) if flip else cls
-    maps = fuse_flips(climb_chunked(features_fn, weight, x0, copy_cls, cfg), flip)
-    return F.interpolate(maps[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+def scale_maps(features_fn: FeaturesFn, weight: torch.Tensor, images, owner: torch.Tensor, cls: torch.Tensor,
+               scale: float, out_size: tuple[int, int], flip: bool, cfg: AdvCamConfig) -> torch.Tensor:
+    """One scale: climb every (image, class) pair, chunk by chunk, and upsample: (P,*out_size)."""
+    level = scaled_batch(images, scale)
+    steps = steps_at_scale(cfg.steps, scale)
+    per_chunk = max(1, cfg.max_batch // (2 if flip else 1))
+    maps = [climb(features_fn, weight, with_flips(level[o], flip), c, steps, cfg, flip)
+            for o, c in zip(owner.split(per_chunk), cls.split(per_chunk))]
+    return F.interpolate(torch.cat(maps)[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def advcam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
+def advcam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images, classes,
                 out_size: tuple[int, int], scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
                 cfg: AdvCamConfig = AdvCamConfig(), normalise: bool = True) -> list[torch.Tensor]:
     """AdvCAM maps: list of N tensors (len(classes[i]), *out_size), each map max-normalised
-    (``normalise=False``: the sum over scales)."""
+    (``normalise=False``: the sum over scales). ``images``: a tensor or a ``ScalePyramid``."""
     out_size = tuple(out_size)
-    owner, cls = class_pairs(classes, images.device)
+    owner, cls = class_pairs(classes, base_batch(images).device)
     if len(cls) == 0:
         return [base_batch(images).new_zeros(0, *out_size) for _ in classes]
     weight = weight.detach()

@@ -48,7 +48,7 @@ def advcam_map_fn(model, scales=(1.0, 0.5, 1.5, 2.0), flip=True, variant="w", no
     from wsss_ray.cams.advcam import AdvCamConfig, advcam_maps
     cfg = AdvCamConfig(**{k: v for k, v in params.items() if k in AdvCamConfig.__dataclass_fields__})
     weight = model.cam_weight(variant).detach()
-    model.eval()   # copies climb independently only with eval-mode BatchNorm
+    model.eval()   # pairs climb independently only with eval-mode BatchNorm
 
     def fn(images, classes, out_size):
         return advcam_maps(model.features, weight, images, classes, out_size, scales, flip, cfg, normalise)
