@@ -37,7 +37,8 @@ def main() -> None:
     pairs, base, base_peak = with_flips(x[owner], True), None, None
     for _ in range(cfg_adv.steps + 1):          # the pair's state at t = 0 .. 27
         region, grad = objective_gradient(model.features, weight, pairs, cls, base, cfg_adv, True)
-        margins.append(float(class_margin(class_activation(model.features(pairs), weight), cls, 2).mean()))
+        with torch.no_grad():
+            margins.append(float(class_margin(class_activation(model.features(pairs), weight), cls, 2).mean()))
         base = region if base is None else base
         peak = region.flatten(1).amax(1)
         base_peak = peak if base_peak is None else base_peak

@@ -113,6 +113,9 @@ def test_step_clamps_to_the_pairs_current_range():
         pair, stepped = x0[[p, p + 2]], x1[[p, p + 2]]
         assert stepped.min() == pair.min() and stepped.max() == pair.max()   # one range for the pair
         assert not torch.equal(stepped, pair)
+        # not per channel: some channel leaves its own range (within the pair's)
+        own_low, own_high = pair.amin((2, 3), keepdim=True), pair.amax((2, 3), keepdim=True)
+        assert ((stepped < own_low) | (stepped > own_high)).any()
     # the step is normalised by the pair's max |gradient|: some pixel of each pair moves by exactly xi
     small = climb_step(x0, grad, 1e-3, 2)
     for p in range(2):
