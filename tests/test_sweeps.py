@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from wsss_ray.metrics import class_counts
 from wsss_ray.selection import choose_config, fair_protocol, split_selection_report
 
 # what a sweep reads from a finished run (copied so the shared quick run is left untouched)
@@ -74,7 +75,7 @@ def test_fair_protocol_chooses_on_selection_and_reports_on_report():
     good, bad = np.array([[5, 0], [0, 5]]), np.array([[0, 5], [5, 0]])
     sel = np.stack([good, bad])
     rep = np.stack([bad, good])
-    out = fair_protocol([0.1, 0.2], sel, rep, 3, 4)
+    out = fair_protocol([0.1, 0.2], class_counts(sel), class_counts(rep), 3, 4)
     assert out["selection"]["threshold"] == 0.1 and out["selection"]["miou"] == 1.0
     assert out["report"]["threshold"] == 0.1 and out["report"]["miou"] == 0.0
     assert out["report"]["oracle_miou"] == 1.0
@@ -147,3 +148,30 @@ def test_recam_sweep_two_trials(sweep_run):
         assert any(Path(run_dir, "checkpoints", name, "epochs").glob("epoch-*/model.pt"))
         assert Path(run_dir, "ray_train", name).is_dir()
     assert len(list(Path(run_dir, "sweeps", "r").glob("*/events.out.tfevents.*"))) == 2
+
+
+def test_results_table_agrees_with_the_evaluation_stages(sweep_run):
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.fair_eval import evaluate_fair
+    from wsss_ray.rundir import run_config
+    from wsss_ray.stages.evaluate import evaluate_maps
+    from wsss_ray.stages.results_table import results_table
+    run_dir, _ = sweep_run
+    run = RunDir(run_dir)
+    table = results_table(run, ["lpcam", "cam"], resamples=200)
+    rows = {r["method"]: r for r in table["rows"]}
+    assert [r["method"] for r in table["rows"]] == ["cam", "lpcam"]       # the baseline first
+    for method in rows:
+        stage = evaluate_maps(run, method, "demo", run_config(run)["eval"], write=False)
+        assert table["num_images"] == stage["num_images"]
+        assert rows[method]["miou"] == pytest.approx(stage["best"]["miou"], abs=1e-12)
+        assert rows[method]["threshold"] == stage["best"]["threshold"]
+    # every image has maps of both methods, so the split is the fair stage's split
+    assert rows["lpcam"]["fair_miou"] == pytest.approx(evaluate_fair(run, "lpcam")["report"]["miou"], abs=1e-12)
+    d = rows["lpcam"]["vs_baseline"]
+    assert d["difference"] == pytest.approx(rows["lpcam"]["miou"] - rows["cam"]["miou"], abs=1e-12)
+    assert d["low"] <= d["high"] and d["resamples"] == 200
+    assert "vs_baseline" not in rows["cam"]
+    md = Path(run_dir, "eval", "results_table.md").read_text()
+    assert md.count("\n| ") == 2 and "(baseline)" in md
+    assert Path(run_dir, "eval", "results_table.png").stat().st_size > 0

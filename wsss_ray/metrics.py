@@ -53,14 +53,20 @@ def threshold_confusions(scores: np.ndarray, gt: np.ndarray, classes, num_classe
     return out
 
 
-def scores_from_confusion(conf: np.ndarray) -> dict:
+def class_counts(conf: np.ndarray) -> np.ndarray:
+    """(..., K, K) confusions -> (..., K, 3) per-class [true positives, GT pixels, predicted
+    pixels]: all the scores need, and summable over images (a per-image record K times
+    smaller than the confusion)."""
+    conf = np.asarray(conf)
+    return np.stack([np.diagonal(conf, axis1=-2, axis2=-1), conf.sum(-1), conf.sum(-2)], -1)
+
+
+def scores_from_counts(counts: np.ndarray) -> dict:
     """IoU per class, mIoU over classes present in GT or prediction, and LPCAM's Table-1
     FP / FN (fraction of a class's union that is false positive / false negative),
-    precision and recall, all means over the same classes."""
-    conf = conf.astype(np.float64)
-    tp = np.diag(conf)
-    gt_total = conf.sum(1)
-    pred_total = conf.sum(0)
+    precision and recall, all means over the same classes; counts (K, 3) from ``class_counts``."""
+    counts = np.asarray(counts, np.float64)
+    tp, gt_total, pred_total = counts[:, 0], counts[:, 1], counts[:, 2]
     union = gt_total + pred_total - tp
     present = union > 0
     iou = np.where(present, tp / np.maximum(union, 1), np.nan)
@@ -76,6 +82,21 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
         "recall": float(np.nanmean(recall)),
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
     }
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict:
+    """``scores_from_counts`` of a (K, K) confusion (rows = GT)."""
+    return scores_from_counts(class_counts(conf))
+
+
+def miou_of_counts(counts: np.ndarray) -> np.ndarray:
+    """mIoU of many count arrays at once: (..., K, 3) -> (...), NaN where no class is present
+    (the vectorised ``scores_from_counts(...)["miou"]``, for bootstrap resamples)."""
+    counts = np.asarray(counts, np.float64)
+    tp, union = counts[..., 0], counts[..., 1] + counts[..., 2] - counts[..., 0]
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    present = (union > 0).sum(-1)
+    return np.where(present > 0, np.nansum(iou, -1) / np.maximum(present, 1), np.nan)
 
 
 def full_resolution(maps: np.ndarray, height: int, width: int) -> np.ndarray:

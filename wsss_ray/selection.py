@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from wsss_ray.metrics import scores_from_confusion
+from wsss_ray.metrics import class_counts, scores_from_counts
 
 
 def _label_key(labels: Iterable[int]) -> tuple:
@@ -69,9 +69,9 @@ def split_selection_report(image_ids: Sequence[int], label_sets: Sequence[Iterab
     return sorted(selection), sorted(report)
 
 
-def best_threshold(thresholds: Sequence[float], confusions: np.ndarray) -> dict:
-    """The threshold with the highest mIoU for (T, K, K) confusions, with its scores."""
-    scores = [scores_from_confusion(c) for c in confusions]
+def best_threshold(thresholds: Sequence[float], counts: np.ndarray) -> dict:
+    """The threshold with the highest mIoU for (T, K, 3) class counts (``class_counts``), with its scores."""
+    scores = [scores_from_counts(c) for c in counts]
     mious = np.asarray([s["miou"] for s in scores], np.float64)
     if np.all(np.isnan(mious)):
         return {"threshold": float(thresholds[0]), "index": 0, "miou": float("nan"), "curve": mious.tolist()}
@@ -80,13 +80,13 @@ def best_threshold(thresholds: Sequence[float], confusions: np.ndarray) -> dict:
     return dict(best, threshold=float(thresholds[i]), index=i, curve=mious.tolist())
 
 
-def scores_at(confusions: np.ndarray, index: int) -> dict:
-    return {k: v for k, v in scores_from_confusion(confusions[index]).items() if k != "per_class_iou"}
+def scores_at(counts: np.ndarray, index: int) -> dict:
+    return {k: v for k, v in scores_from_counts(counts[index]).items() if k != "per_class_iou"}
 
 
 def fair_protocol(thresholds: Sequence[float], selection_conf: np.ndarray, report_conf: np.ndarray,
                   num_selection: int = 0, num_report: int = 0) -> dict:
-    """Both protocols from per-subset confusions (T, K, K).
+    """Both protocols from per-subset class counts (T, K, 3) (``class_counts`` of the confusions).
 
     papers_protocol: best threshold chosen and scored on all images (selection + report).
     selection: the threshold chosen on the selection subset (and its mIoU there).
@@ -112,18 +112,18 @@ def choose_config(rows: Sequence[dict], key: str) -> dict | None:
 
 
 class FairAccumulator:
-    """Confusions of the selection and report subsets, summed image by image."""
+    """Class counts of the selection and report subsets, summed image by image."""
 
     def __init__(self, thresholds, num_classes: int, selection: set[int]):
         self.thresholds, self.selection = list(thresholds), selection
         k = num_classes + 1
-        self.conf = {"selection": np.zeros((len(thresholds), k, k), np.int64),
-                     "report": np.zeros((len(thresholds), k, k), np.int64)}
+        self.conf = {"selection": np.zeros((len(thresholds), k, 3), np.int64),
+                     "report": np.zeros((len(thresholds), k, 3), np.int64)}
         self.count = {"selection": 0, "report": 0}
 
     def add(self, image_id: int, confusion: np.ndarray) -> None:
         part = "selection" if image_id in self.selection else "report"
-        self.conf[part] += confusion
+        self.conf[part] += class_counts(confusion)
         self.count[part] += 1
 
     def summary(self) -> dict:

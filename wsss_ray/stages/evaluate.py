@@ -9,7 +9,7 @@ import ray
 from wsss_ray.config import EvalConfig
 from wsss_ray.data.images import load_mask
 from wsss_ray.data.manifest import read_manifest
-from wsss_ray.metrics import full_resolution, gt_at, scores_from_confusion, threshold_confusions
+from wsss_ray.metrics import class_counts, full_resolution, gt_at, scores_from_confusion, threshold_confusions
 from wsss_ray.rundir import RunDir
 from wsss_ray.store import decode_maps, list_shards, open_fs
 
@@ -53,6 +53,43 @@ def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None) 
         total += part["confusion"].sum(0).reshape(len(thresholds), k, k)
         count += int(part["count"].sum())
     return total, count, list(classes.names)
+
+
+def counts_of_batch(batch: dict, masks: dict, num_classes: int, thresholds) -> dict:
+    """One map batch -> each scored image's class counts (T, K, 3), flattened per row."""
+    ids, counts = [], []
+    for i in range(len(batch["image_id"])):
+        image_id = int(batch["image_id"][i])
+        if masks.get(image_id) is None:
+            continue
+        row = {key: batch[key][i] for key in batch}
+        ids.append(image_id)
+        counts.append(class_counts(image_confusions(row, masks[image_id], num_classes, thresholds)).reshape(-1))
+    width = len(thresholds) * (num_classes + 1) * 3
+    return {"image_id": np.asarray(ids, np.int64),
+            "counts": np.stack(counts) if counts else np.zeros((0, width), np.int64)}
+
+
+def per_image_counts(run: RunDir, method: str, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids ascending, (N, T, K, 3) class counts) of ``maps/<method>``: what a bootstrap
+    over images needs, K times smaller than per-image confusions."""
+    manifest, classes = read_manifest(run.manifest())
+    masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+    fs, path = open_fs(run.uri("maps", method))
+    shards = list_shards(fs, path)
+    if not shards:
+        raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
+    ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
+    ds = ds.map_batches(counts_of_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes,
+                                   "thresholds": list(thresholds)})
+    ids, counts = [], []
+    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.append(part["image_id"])
+        counts.append(part["counts"])
+    ids, counts = np.concatenate(ids), np.concatenate(counts)
+    order = np.argsort(ids)
+    return ids[order], counts[order].reshape(len(ids), len(thresholds), classes.num_classes + 1, 3)
 
 
 def summarise(method: str, dataset: str, thresholds, confusions: np.ndarray, num_images: int,

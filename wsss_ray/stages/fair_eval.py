@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 
 from wsss_ray.config import EvalConfig
 from wsss_ray.data.manifest import read_manifest
+from wsss_ray.metrics import class_counts
 from wsss_ray.rundir import RunDir, evaluable_images, run_config
 from wsss_ray.selection import FairAccumulator, fair_protocol, split_selection_report
 from wsss_ray.stages.evaluate import image_confusions
@@ -69,7 +70,7 @@ def evaluate_fair(run: RunDir, method: str, cfg: EvalConfig | None = None, selec
     ids, labels, _ = evaluable_images(run)
     selection, _ = split_selection_report(ids, labels, selection_fraction, seed)
     sel, rep, n_sel, n_rep = subset_confusions(run, method, thresholds, set(selection))
-    result = dict(fair_protocol(thresholds, sel, rep, n_sel, n_rep), method=method, seed=seed,
+    result = dict(fair_protocol(thresholds, class_counts(sel), class_counts(rep), n_sel, n_rep), method=method, seed=seed,
                   selection_fraction=selection_fraction)     # the split is reproducible from seed + fraction
     run.write_json(run.uri("eval", f"{method}_fair.json"), result)
     return result
