@@ -71,6 +71,13 @@ class TrainConfig:
     recam_lambda: float = 0.0
     recam_detach: bool = False
     lr_fc2: float = 5e-4
+    # Train at least this many optimizer steps: epochs grow to reach it on small sets
+    # (ReCAM's FC2 gets the paper's order of updates, ~2,600 on VOC, whatever the set size).
+    min_steps: int = 0
+    # Frozen backbone + fixed long side: compute each image's (and its flip's) feature map once,
+    # in the crop window at offset 0, and train the heads on them (ReCAM's probe: seconds per
+    # thousand steps). The crop's random pad offset is not drawn (docs/RESULTS.md measures it).
+    cached_features: bool = False
 
 
 def recam_model(model: ModelConfig, unfreeze: bool) -> ModelConfig:

@@ -69,6 +69,15 @@ def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple, cro
     return out
 
 
+def window_at_origin(x: np.ndarray, crop: int) -> np.ndarray:
+    """(3, h, w) -> (3, crop, crop): ``augment``'s crop window with every offset 0 (top-left
+    part of a larger image, zero pad right and below a smaller one)."""
+    out = np.zeros((x.shape[0], crop, crop), x.dtype)
+    ch, cw = min(crop, x.shape[1]), min(crop, x.shape[2])
+    out[:, :ch, :cw] = x[:, :ch, :cw]
+    return out
+
+
 def augment_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, scale_range, crop: int,
                  hflip: bool, mean, std, extra: np.ndarray | None = None):
     """Joint random scale, hflip and crop of an image, its label (nearest; padded 255) and an

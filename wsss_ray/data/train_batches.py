@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsss_ray.data.augment import augment, augment_pair, image_at, normalise_image, pad_batch, resize_long_side
+from wsss_ray.data.augment import (augment, augment_pair, image_at, normalise_image, pad_batch, resize_long_side,
+                                   window_at_origin)
 from wsss_ray.data.errors import ItemError
 from wsss_ray.data.images import decode_png, load_mask, load_rgb
 from wsss_ray.store import join_uri, read_rows
@@ -65,15 +66,19 @@ class ClassifierBatches:
 
 @dataclass(frozen=True)
 class ProbeImages:
-    """The linear probe's one pass: each image at the fixed long side, normalised (no draws)."""
+    """The linear probe's one pass: each image at the fixed long side, normalised (no draws);
+    with ``crop``, in a crop x crop zero container at offset 0 (the window ``augment`` draws)."""
     long_side: int
     mean: tuple
     std: tuple
+    crop: int = 0
 
     def __call__(self, row: dict) -> dict:
         (index, uri, labels, _), = _items(row)
         try:
             x = normalise_image(resize_long_side(load_rgb(uri), self.long_side), self.mean, self.std)
+            if self.crop:
+                x = window_at_origin(x, self.crop)
         except ItemError:
             x = np.zeros((3, 0, 0), np.float32)          # an empty image: left out of the probe
         return {"epoch": row["epoch"], "step": row["step"], "index": index, "x": x,

@@ -48,10 +48,13 @@ class Schedule:
         return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
 
-def epoch_schedule(num_items: int, batch_size: int, world: int, epochs: int, poly_power: float = 0.9) -> Schedule:
-    """``epochs`` passes; ``batch_size`` is the global batch, as the authors' (split over ranks)."""
+def epoch_schedule(num_items: int, batch_size: int, world: int, epochs: int, poly_power: float = 0.9,
+                   min_steps: int = 0) -> Schedule:
+    """``epochs`` passes, more when that is fewer than ``min_steps`` optimizer steps;
+    ``batch_size`` is the global batch, as the authors' (split over ranks)."""
     per_worker = max(1, batch_size // world)
     steps = -(-len(rank_indices(num_items, 0, 0, 0, world)) // per_worker)
+    epochs = max(epochs, -(-min_steps // steps))
     return Schedule(num_items, epochs, steps, per_worker, max(1, steps * epochs), poly_power)
 
 

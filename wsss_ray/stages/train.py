@@ -58,14 +58,19 @@ def classifier_loss(model, images, targets, cfg: TrainConfig, world: int,
 
 def probe_mode(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
     """A frozen backbone without random resize or crop: GAP features are fixed per (image,
-    flip), so the linear probe trains on them directly (exact, and epochs cost nothing)."""
-    return (model_cfg.freeze_backbone and cfg.crop_size == 0 and cfg.resize_long[0] == cfg.resize_long[1]
-            and cfg.recam_lambda <= 0)
+    flip), so the linear probe trains on them directly (exact, and epochs cost nothing).
+    ``cached_features``: the same for feature maps in the crop window at offset 0 (ReCAM)."""
+    fixed = model_cfg.freeze_backbone and cfg.resize_long[0] == cfg.resize_long[1]
+    if cfg.cached_features and not fixed:
+        raise ValueError("cached_features needs a frozen backbone and a fixed long side "
+                         f"(freeze_backbone={model_cfg.freeze_backbone}, resize_long={cfg.resize_long})")
+    return fixed and (cfg.cached_features or (cfg.crop_size == 0 and cfg.recam_lambda <= 0))
 
 
-def probe_features(stream, model, rank: int, world: int, device, hflip: bool) -> dict:
-    """Pooled features (flips, D) and class ids of every image: each rank computes its share
-    of the probe pass, then all ranks gather everything."""
+def probe_features(stream, model, rank: int, world: int, device, hflip: bool, spatial: bool = False) -> dict:
+    """Pooled features (flips, D) (or feature maps (flips, D, h, w) when ``spatial``) and class
+    ids of every image: each rank computes its share of the probe pass, then all ranks gather
+    everything."""
     mine = {}
     with torch.no_grad():
         for row in stream:
@@ -74,7 +79,8 @@ def probe_features(stream, model, rank: int, world: int, device, hflip: bool) ->
                 continue                                  # unreadable: left out
             x = x[None].to(device)
             views = [x, x.flip(-1)] if hflip else [x]
-            mine[int(row["index"])] = (torch.cat([model.features(v).mean((2, 3)) for v in views]).cpu(),
+            pool = (lambda f: f) if spatial else (lambda f: f.mean((2, 3)))
+            mine[int(row["index"])] = (torch.cat([pool(model.features(v)) for v in views]).cpu(),
                                        [int(c) for c in row["y"]])
     if world > 1:
         gathered = [None] * world
@@ -85,7 +91,8 @@ def probe_features(stream, model, rank: int, world: int, device, hflip: bool) ->
 
 def probe_batches(probe: dict, num_items: int, schedule: Schedule, seed: int, rank: int, world: int,
                   start_epoch: int, num_classes: int):
-    """Each step's (B, D, 1, 1) cached pooled features (a random flip view each) and targets."""
+    """Each step's cached features (a random flip view each), (B, D, 1, 1) pooled or
+    (B, D, h, w) maps, and targets."""
     for epoch in range(start_epoch, schedule.epochs):
         rng = np.random.default_rng([seed, epoch, rank])
         order = rank_indices(num_items, epoch, seed, rank, world)
@@ -94,7 +101,8 @@ def probe_batches(probe: dict, num_items: int, schedule: Schedule, seed: int, ra
             if not keep:            # keep DDP in step
                 keep = [next(iter(probe))]
             views = [probe[i][0][int(rng.integers(0, probe[i][0].shape[0]))] for i in keep]
-            yield {"x": torch.stack(views)[:, :, None, None],
+            x = torch.stack(views)
+            yield {"x": x[:, :, None, None] if x.dim() == 2 else x,
                    "y": labels_to_targets([probe[i][1] for i in keep], num_classes), "from_features": True}
 
 
@@ -136,7 +144,8 @@ class ClassifierTask(TrainTask):
         return rows
 
     def schedule(self, num_items: int, world: int) -> Schedule:
-        return epoch_schedule(num_items, self.train.batch_size, world, self.train.epochs, self.train.poly_power)
+        return epoch_schedule(num_items, self.train.batch_size, world, self.train.epochs, self.train.poly_power,
+                              self.train.min_steps)
 
     def plan(self, items, schedule, rank, world, start_epoch):
         if not self.probe:
@@ -147,7 +156,7 @@ class ClassifierTask(TrainTask):
     def batch_maker(self):
         m, t = self.model, self.train
         if self.probe:
-            return ProbeImages(t.resize_long[0], m.image_mean, m.image_std)
+            return ProbeImages(t.resize_long[0], m.image_mean, m.image_std, t.crop_size if t.cached_features else 0)
         return ClassifierBatches(self.num_classes, t.resize_long, t.crop_size, t.hflip, m.image_mean, m.image_std,
                                  t.seed)
 
@@ -165,7 +174,7 @@ class ClassifierTask(TrainTask):
         if not self.probe:
             return super().batches(shard, start_epoch, model, schedule, rank, world, device)
         rows = shard.iter_rows()
-        probe = probe_features(rows, model, rank, world, device, self.train.hflip)
+        probe = probe_features(rows, model, rank, world, device, self.train.hflip, spatial=self.train.recam_lambda > 0)
         return probe_batches(probe, schedule.num_items, schedule, self.seed, rank, world, start_epoch, self.num_classes)
 
     def loss(self, model, batch, world, device):
