@@ -110,3 +110,15 @@ def test_the_reference_protocol_trains_recam_on_cached_maps_for_the_papers_steps
     assert (ref.cached_features, ref.min_steps, ref.crop_size, ref.resize_long) == (True, 2600, 448, (448, 448))
     coco = coco_config("unused", "/data/coco").recam_train             # a trained backbone: images, epochs
     assert (coco.cached_features, coco.min_steps) == (False, 0)
+
+
+def test_recam_training_options_reach_the_config_from_the_command_line():
+    import argparse
+    from wsss_ray.cli import add_pipeline_args, config_from_args
+    parser = argparse.ArgumentParser()
+    add_pipeline_args(parser, "cam")
+    argv = ["--coco-root", "/data/coco", "--protocol", "reference", "--recam-train", "min_steps=0,cached_features=false"]
+    cfg = config_from_args(parser.parse_args(argv))
+    assert (cfg.recam_train.min_steps, cfg.recam_train.cached_features, cfg.recam_train.lr_fc2) == (0, False, 5e-4)
+    with pytest.raises(SystemExit, match="--recam-train"):
+        config_from_args(parser.parse_args(["--recam-train", "min_stepz=3"]))

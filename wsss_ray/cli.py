@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from wsss_ray.config import AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig
+from wsss_ray.config import AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig, TrainConfig
 from wsss_ray.stages.pipeline import (ALL_METHODS, DEMO_BACKBONES, RECAM_WEIGHTS, PipelineConfig, coco_config,
                                       demo_config)
 
@@ -47,6 +47,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
                         "authors' PIL pyramid) or scales=1.0/0.5")
     p.add_argument("--lpcam", default="", metavar="KEY=VALUE,...",
                    help="LPCAMConfig options over the preset's, e.g. k=12,tau=0.1 or fallback=best_one")
+    p.add_argument("--recam-train", default="", metavar="KEY=VALUE,...",
+                   help="TrainConfig options over the preset's ReCAM training, e.g. min_steps=0 (epochs only) "
+                        "or cached_features=false (images with random crop offsets)")
     p.add_argument("--recam-weight", default="w*w'", choices=list(RECAM_WEIGHTS),
                    help="the class weight of ReCAM's maps (the paper's w*w' by default)")
     p.add_argument("--recam-all-weights", action="store_true",
@@ -95,7 +98,8 @@ def config_from_args(args) -> PipelineConfig:
         cfg = coco_config(args.run_dir, args.coco_root, args.split, args.class_subset, args.limit, args.protocol, methods)
     else:
         cfg = demo_config(args.run_dir, args.quick, methods, getattr(args, "demo_backbone", "tiny"))
-    train, recam, cam = cfg.train, cfg.recam_train, cfg.cam
+    train, cam = cfg.train, cfg.cam
+    recam = parse_options(getattr(args, "recam_train", ""), TrainConfig, "--recam-train", cfg.recam_train)
     if args.epochs:
         train = dataclasses.replace(train, epochs=args.epochs)
     if args.num_workers:
