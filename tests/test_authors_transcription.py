@@ -77,7 +77,20 @@ def strided_size(size, stride=4):
     return ((size[0] + stride - 1) // stride, (size[1] + stride - 1) // stride)
 
 
-def authors_cam(net, img: np.ndarray, label: list[int], w: torch.Tensor | None = None) -> torch.Tensor:
+def strided_up_size(size, stride=16):
+    return tuple(s * stride for s in strided_size(size, stride))
+
+
+def to_authors_grid(maps: torch.Tensor, size, high_res: bool) -> torch.Tensor:
+    """make_cam's two outputs of one scale's (B,1,h,w) or (1,C,h,w) maps: ``cam`` (stride 4) or
+    ``high_res`` (up to the multiple of 16, then the image's size cut from the top left)."""
+    if not high_res:
+        return F.interpolate(maps, strided_size(size), mode="bilinear", align_corners=False)
+    return F.interpolate(maps, strided_up_size(size), mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
+
+
+def authors_cam(net, img: np.ndarray, label: list[int], w: torch.Tensor | None = None,
+                high_res: bool = False) -> torch.Tensor:
     """IRN's make_cam; ReCAM's make_recam is the same with ``w`` = its forward1 / forward2 weight."""
     size = img.shape[:2]
     w = net.head.weight if w is None else w
@@ -85,13 +98,13 @@ def authors_cam(net, img: np.ndarray, label: list[int], w: torch.Tensor | None =
     for pair in authors_inputs(img):
         x = F.relu(F.conv2d(net.features(pair), w))
         outputs.append(x[0] + x[1].flip(-1))
-    cam = torch.sum(torch.stack([F.interpolate(o[None], strided_size(size), mode="bilinear",
-                                               align_corners=False)[0] for o in outputs]), 0)
+    cam = torch.sum(torch.stack([to_authors_grid(o[None], size, high_res)[0] for o in outputs]), 0)
     cam = cam[label]
     return cam / (F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5)
 
 
-def authors_lpcam(net, img: np.ndarray, label: list[int], centres: dict, context: dict) -> torch.Tensor:
+def authors_lpcam(net, img: np.ndarray, label: list[int], centres: dict, context: dict,
+                  high_res: bool = False) -> torch.Tensor:
     size = img.shape[:2]
     features = []
     for pair in authors_inputs(img):
@@ -109,7 +122,7 @@ def authors_lpcam(net, img: np.ndarray, label: list[int], centres: dict, context
                 ctx = torch.mean(torch.stack([F.cosine_similarity(here, c.repeat(h, w, 1), 2)
                                               for c in context[class_id]]), 0)[None, None]
                 att = F.relu(att - ctx)
-            per_scale.append(F.interpolate(att, strided_size(size), mode="bilinear", align_corners=False)[:, 0])
+            per_scale.append(to_authors_grid(att, size, high_res)[:, 0])
         m = torch.mean(torch.cat(per_scale, 0), 0)
         maps.append(m / torch.max(m))
     return torch.stack(maps)
@@ -224,6 +237,16 @@ def test_cam_matches_authors_make_cam(real):
             np.testing.assert_allclose(g, want, atol=2e-5)
 
 
+def test_full_resolution_cam_is_authors_high_res(real):
+    # 241 x 331: the high-res grid is 256 x 336 cut to the image, not a resize to 241 x 331
+    net, images = real
+    got = CAM(model_of(net), stride=1)(images[:1], LABELS[:1])[0]
+    with torch.no_grad():
+        want = authors_cam(net, images[0], LABELS[0], high_res=True).numpy()
+    assert got.shape == want.shape and got.shape[1:] == images[0].shape[:2]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
 @pytest.mark.parametrize("variant", ["w*w'", "w'"])
 def test_recam_matches_authors_make_recam(real, variant):
     # make_recam: forward2 convolves with w' * w (the predictor's weight times the classifier's),
@@ -257,6 +280,15 @@ def test_lpcam_matches_authors_make_lpcam(real):
         for img, lab, g in zip(images, LABELS, got):
             want = authors_lpcam(net, img, lab, centres, context).numpy()
             np.testing.assert_allclose(g, want, atol=2e-5)
+
+
+def test_full_resolution_lpcam_is_authors_high_res(real):
+    net, images = real
+    centres, context, table = prototypes_from(net, images[0])
+    got = LPCAM(model_of(net), table, stride=1)(images[:1], LABELS[:1])[0]
+    with torch.no_grad():
+        want = authors_lpcam(net, images[0], LABELS[0], centres, context, high_res=True).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_coco_prototype_selection_matches_authors(real):

@@ -50,7 +50,7 @@ def test_multiscale_cam_matches_loop_reference(tiny_features):
     weight = torch.randn(3, 4)
     classes = [[0, 2], [1]]
     scales = (1.0, 0.5, 1.5, 2.0)
-    out_size = (10, 13)
+    out_size = (3, 4)                          # the stride-4 grid (full resolution: the transcription test)
     with torch.no_grad():
         got = select_and_normalise(multiscale_cam(tiny_features, weight, images, out_size, scales, True), classes)
         want = _reference_cams(tiny_features, weight, images, out_size, scales, classes)

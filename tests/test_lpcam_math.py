@@ -107,7 +107,7 @@ def test_multiscale_lpcam_flip_and_scales_match_loop_reference(bank):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 2, 3, stride=2, padding=1).requires_grad_(False)
     images = torch.randn(2, 3, 9, 12)
-    scales, out_size = (1.0, 0.5, 1.5), (9, 12)
+    scales, out_size = (1.0, 0.5, 1.5), (3, 3)        # the stride-4 grid (full resolution: the transcription test)
     got = multiscale_lpcam(conv, bank, images, [[0, 1], [1]], out_size, scales, flip=True)
     for i, cls in enumerate([[0, 1], [1]]):
         total = torch.zeros(3, *out_size)

@@ -47,7 +47,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import base_batch, class_activation, fuse_flips, normalise_per_map, scaled_batch, with_flips
+from wsss_ray.cams.cam import (base_batch, class_activation, fuse_flips, normalise_per_map, scaled_batch, upsample_maps,
+                               with_flips)
 from wsss_ray.config import AdvCamConfig  # noqa: F401  (typed configs live in config.py)
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
@@ -174,7 +175,7 @@ def scale_maps(features_fn: FeaturesFn, weight: torch.Tensor, images, owner: tor
     per_chunk = max(1, cfg.max_batch // (2 if flip else 1))
     maps = [climb(features_fn, weight, with_flips(level[o], flip), c, steps, cfg, flip)
             for o, c in zip(owner.split(per_chunk), cls.split(per_chunk))]
-    return F.interpolate(torch.cat(maps)[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+    return upsample_maps(torch.cat(maps)[:, None], out_size, base_batch(images).shape[-2:])[:, 0]
 
 
 def advcam_maps(features_fn: FeaturesFn, weight: torch.Tensor, images, classes,

@@ -113,15 +113,32 @@ def normalise_per_map(maps: torch.Tensor) -> torch.Tensor:
     return maps / (peak + EPS)
 
 
+HIGH_RES_MULTIPLE = 16     # IRN's make_cam: get_strided_up_size(size, 16)
+
+
+def upsample_maps(maps: torch.Tensor, out_size, image_size=None) -> torch.Tensor:
+    """One scale's (N,C,h,w) maps on the output grid, as the authors' code resizes them: a
+    stored grid (smaller than the image) bilinearly straight to its size (their ``cam``);
+    full resolution (``out_size == image_size``) bilinearly to the multiple of 16 at or above
+    the image size, then cropped to it (their ``high_res``). No ``image_size``: straight to ``out_size``."""
+    out_size = tuple(int(s) for s in out_size)
+    if tuple(maps.shape[-2:]) == out_size:
+        return maps                                   # already on the grid (stride-1 features)
+    if image_size is None or out_size != tuple(int(s) for s in image_size):
+        return F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)
+    up = tuple(-(-s // HIGH_RES_MULTIPLE) * HIGH_RES_MULTIPLE for s in out_size)
+    return F.interpolate(maps, size=up, mode="bilinear", align_corners=False)[..., :out_size[0], :out_size[1]]
+
+
 def multiscale_cam(features_fn: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor,
                    images: Images, out_size: tuple[int, int],
                    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
     """Un-normalised multi-scale CAM for every class: (N,3,H,W) -> (N,C,*out_size)."""
-    total = None
+    total, image_size = None, base_batch(images).shape[-2:]
     for scale in scales:
         feats = features_fn(with_flips(scaled_batch(images, scale), flip))
         cams = fuse_flips(torch.relu(class_activation(feats, weight)), flip)
-        cams = F.interpolate(cams, size=out_size, mode="bilinear", align_corners=False)
+        cams = upsample_maps(cams, out_size, image_size)
         total = cams if total is None else total + cams
     return total
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import fuse_flips, scaled_batch, select_classes, with_flips
+from wsss_ray.cams.cam import base_batch, fuse_flips, scaled_batch, select_classes, upsample_maps, with_flips
 from wsss_ray.cams.clustering import CONTEXT, FG  # noqa: F401  re-exported: the prototype kinds, defined torch-free
 
 
@@ -73,18 +73,19 @@ def multiscale_lpcam(features_fn, bank: PrototypeBank, images: torch.Tensor, cla
     """LPCAM (or LPCAM-F) for each image's classes: flip fused at feature level
     (f(x) + flip(f(flip x))), then ``lpcam_from_features``."""
     per_scale = (fuse_flips(features_fn(with_flips(scaled_batch(images, s), flip)), flip) for s in scales)
-    return lpcam_from_features(per_scale, bank.to(images.device), classes, out_size, fg_only, normalise)
+    return lpcam_from_features(per_scale, bank.to(images.device), classes, out_size, fg_only, normalise,
+                               image_size=base_batch(images).shape[-2:])
 
 
 def lpcam_from_features(per_scale, bank: PrototypeBank, classes, out_size, fg_only: bool = False,
-                        normalise: bool = True) -> list:
+                        normalise: bool = True, image_size=None) -> list:
     """Flip-fused (N,D,h,w) features, one batch per scale (any iterable, consumed one scale at a
     time) -> each image's class maps: ``scale_term`` upsampled, mean over scales, divided by the
-    max (``normalise=False``: before that division)."""
+    max (``normalise=False``: before that division). ``image_size``: the scale-1.0 input's, for
+    ``upsample_maps``' full-resolution rule (None: straight to ``out_size``)."""
     total, count = None, 0
     for feats in per_scale:
-        term = F.interpolate(scale_term(*lpcam_terms(feats, bank), bank, fg_only), size=out_size,
-                             mode="bilinear", align_corners=False)
+        term = upsample_maps(scale_term(*lpcam_terms(feats, bank), bank, fg_only), out_size, image_size)
         total = term if total is None else total + term
         count += 1
     picked = select_classes(total / count, classes)
