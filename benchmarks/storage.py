@@ -48,6 +48,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", default=scratch_dir("storage"), help="scratch directory (emptied first)")
     p.add_argument("--skip-coco", action="store_true")
+    p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--tag", default="", help="write results/storage<tag>.json")
     p.add_argument("--demo-ckpt", default=DEMO_CKPT,
                    help="trained tiny demo checkpoint directory (random weights when missing)")
     p.add_argument("--coco-ckpt", default=COCO_CKPT,
@@ -200,7 +202,7 @@ def coco_case(args) -> dict:
 def run_all(args) -> dict:
     torch.set_num_threads(args.threads)
     shutil.rmtree(args.work_dir, ignore_errors=True)
-    out = {"demo": demo_case(args)}
+    out = {} if args.skip_demo else {"demo": demo_case(args)}
     if not args.skip_coco and os.path.isdir(args.coco_root):
         out["coco_tiny"] = coco_case(args)
     elif not args.skip_coco:
@@ -210,7 +212,7 @@ def run_all(args) -> dict:
 
 def main() -> None:
     args = parse_args()
-    measured("storage", args, lambda: run_all(args))
+    measured("storage" + args.tag, args, lambda: run_all(args))
 
 
 if __name__ == "__main__":
