@@ -96,10 +96,11 @@ def test_cached_recam_trains_min_steps_and_a_rerun_after_an_interrupt_ends_the_s
     shutil.copytree(Path(run_dir, "manifest"), run / "manifest")
     frozen = dataclasses.replace(cfg.model, freeze_backbone=True)
     train = dataclasses.replace(cfg.recam_train, epochs=1, min_steps=20, resize_long=(112, 112), crop_size=112,
-                                cached_features=True, num_workers=2)
+                                cached_features=True, num_workers=2, checkpoint_every=2)
     out = _assert_rerun_reproduces(run, "recam", lambda: train_classifier(RunDir(str(run)), "recam", frozen, train))
-    # 96 images, 8 a rank per step: 6 steps an epoch, 4 epochs for 20 steps
+    # 96 images, 8 a rank per step: 6 steps an epoch, 4 epochs for 20 steps, saved after epochs 2 and 4
     assert out["epoch"] == 3
+    assert sorted(p.name for p in (run / "checkpoints" / "recam" / "epochs").iterdir()) == ["epoch-001", "epoch-003"]
     state = load_state(str(run / "checkpoints" / "recam"))
     assert state["fc2.weight"].abs().sum() > 0
 
@@ -108,6 +109,7 @@ def test_the_reference_protocol_trains_recam_on_cached_maps_for_the_papers_steps
     from wsss_ray.stages.pipeline import coco_config
     ref = coco_config("unused", "/data/coco", protocol="reference").recam_train
     assert (ref.cached_features, ref.min_steps, ref.crop_size, ref.resize_long) == (True, 2600, 448, (448, 448))
+    assert ref.checkpoint_every == 25
     coco = coco_config("unused", "/data/coco").recam_train             # a trained backbone: images, epochs
     assert (coco.cached_features, coco.min_steps) == (False, 0)
 

@@ -67,6 +67,8 @@ class TrainConfig:
     use_gpu: bool = False
     seed: int = 0
     keep_epochs: int = 2              # epoch states kept for resuming; 0 = keep every epoch
+    checkpoint_every: int = 1         # epochs between checkpoints; a long run of short epochs
+                                      # (min_steps on a small set) spends its time saving otherwise
     # ReCAM: lambda for the softmax cross-entropy term; 0 disables FC2 training.
     recam_lambda: float = 0.0
     recam_detach: bool = False

@@ -100,6 +100,7 @@ class TrainTask:
     num_workers: int
     use_gpu: bool
     keep_epochs: int = 2             # epoch directories kept for resuming; 0 = all
+    checkpoint_every: int = 1        # epochs between checkpoints (and the last epoch always)
 
     # driver side
     def items(self, run: RunDir) -> list[dict]:
@@ -188,7 +189,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "steps_done": min((epoch + 1) * schedule.steps_per_epoch, schedule.total_steps),
                    "images_per_second": images * world / max(seconds, 1e-9),
                    "data_wait_share": waited / max(seconds, 1e-9), **{f"last_{k}": v for k, v in parts.items()}}
-        report_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, task.keep_epochs, rank)
+        if (epoch + 1) % max(1, task.checkpoint_every) == 0 or epoch == schedule.epochs - 1:
+            report_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, task.keep_epochs, rank)
 
 
 def report_epoch(epochs_dir: str, model, optimizer, epoch: int, metrics: dict, keep: int, rank: int) -> None:

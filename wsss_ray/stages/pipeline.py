@@ -104,6 +104,7 @@ def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str
     recam = dataclasses.replace(train, epochs=4, lr_backbone=5e-5, lr_head=5e-5, lr_fc2=5e-4, recam_lambda=0.1,
                                 batch_size=6 if protocol != "reference" else 16, crop_size=train.crop_size or 448,
                                 min_steps=2600 if protocol == "reference" else 0,
+                                checkpoint_every=25 if protocol == "reference" else 1,
                                 cached_features=protocol == "reference")
     # the reference grid is 0.05 .. 0.60 (REFERENCE_RESULTS.md); keep it for comparable best thresholds
     grid = EvalConfig(thresholds=tuple(round(0.05 * i, 2) for i in range(1, 13))) if protocol == "reference" else EvalConfig()

@@ -134,6 +134,10 @@ class ClassifierTask(TrainTask):
         return self.train.keep_epochs
 
     @property
+    def checkpoint_every(self) -> int:
+        return self.train.checkpoint_every
+
+    @property
     def probe(self) -> bool:
         return probe_mode(self.train, self.model)
 
