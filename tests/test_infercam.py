@@ -417,7 +417,7 @@ def reference_patch_union(features, weight, image, fill, box, classes, scales, f
     erased = torch.zeros(y1 - y0, x1 - x0, dtype=torch.bool)
     for _ in range(cfg.max_rounds):
         x = torch.where(erased, fill[:, None, None], patch)
-        cams = multiscale_cam(features, weight, x[None], tuple(acc.shape[1:]), scales, flip)[0, classes]
+        cams = multiscale_cam(features, weight, x[None], tuple(acc.shape[1:]), scales, flip, high_res=False)[0, classes]
         acc = torch.maximum(acc, cams / (cams.flatten(1).amax(1)[:, None, None] + 1e-5))
         now = (acc >= cfg.erase_threshold).any(0)
         newly = (now & ~erased).sum() / erased.numel()

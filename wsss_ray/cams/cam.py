@@ -132,9 +132,11 @@ def upsample_maps(maps: torch.Tensor, out_size, image_size=None) -> torch.Tensor
 
 def multiscale_cam(features_fn: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor,
                    images: Images, out_size: tuple[int, int],
-                   scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
-    """Un-normalised multi-scale CAM for every class: (N,3,H,W) -> (N,C,*out_size)."""
-    total, image_size = None, base_batch(images).shape[-2:]
+                   scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                   high_res: bool = True) -> torch.Tensor:
+    """Un-normalised multi-scale CAM for every class: (N,3,H,W) -> (N,C,*out_size).
+    ``high_res=False``: straight to ``out_size`` even at full resolution (InferCam's patches)."""
+    total, image_size = None, (base_batch(images).shape[-2:] if high_res else None)
     for scale in scales:
         feats = features_fn(with_flips(scaled_batch(images, scale), flip))
         cams = fuse_flips(torch.relu(class_activation(feats, weight)), flip)

@@ -154,7 +154,7 @@ def class_boxes(n_classes: int, centres, height: int, width: int, cfg: InferCamC
 def class_centres(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, classes,
                   out_size: tuple[int, int], scales, flip: bool) -> list[list[tuple[int, int]]]:
     """Per image, per GT class: centre of mass of the baseline CAM, in image pixels."""
-    cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
+    cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip, high_res=False)
     return centres_from_maps([cams[i, list(cls)] for i, cls in enumerate(classes)], tuple(images.shape[-2:]))
 
 
@@ -384,7 +384,7 @@ def infercam_run(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Te
     no_rounds = torch.zeros(0, dtype=torch.long)
     with torch.no_grad():
         if not cfg.split and not cfg.iterate:
-            cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip)
+            cams = multiscale_cam(features_fn, weight, images, out_size, scales, flip, high_res=False)
             return InferCamRun(select_and_normalise(cams, classes), [], no_rounds)
         # patches and erasing work on the scale-1.0 pixels; each round's scales resize the canvas
         pixels = base_batch(images)
