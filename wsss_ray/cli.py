@@ -1,18 +1,43 @@
-"""Command line: ``wsss-ray run`` (the main flow) and ``wsss-ray demo-world`` (render the
-demo world). Jobs under jobs/ use the same parser."""
+"""Command line: ``wsss-ray run [CONFIG] [-o KEY=VALUE ...]`` (the main flow), ``wsss-ray config
+show CONFIG [-o ...]`` (the resolved config as YAML) and ``wsss-ray demo-world`` (render the demo
+world). Jobs under jobs/ use the same parser.
+
+A run is configured by a YAML file (``configs/`` ships the presets; wsss_ray/config_file.py) and
+dotted overrides, or by the flags below over the built-in presets; both then take the same
+operational flags (--run-dir, --gpu, --strict, --num-actors, ...) and ``-o`` overrides. A bad key,
+type or value stops with exit code 2 before any work."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
 
-from wsss_ray.config import AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig, TrainConfig
-from wsss_ray.stages.pipeline import (ALL_METHODS, DEMO_BACKBONES, RECAM_WEIGHTS, PipelineConfig, coco_config,
-                                      demo_config)
+from wsss_ray.config import (ALL_METHODS, RECAM_WEIGHTS, AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig,
+                             PipelineConfig, TrainConfig)
+from wsss_ray.config_file import ConfigError, load_config, preset_names, to_yaml
+from wsss_ray.stages.pipeline import DEMO_BACKBONES, coco_config, demo_config
+
+# flags that choose the dataset or a method's options: with a config file, -o sets those keys
+PRESET_FLAGS = ("quick", "demo_backbone", "coco_root", "split", "class_subset", "protocol", "input_norm", "limit",
+                "methods", "segment", "refiner", "infercam", "infercam_ablation", "advcam", "cam", "lpcam",
+                "recam_train", "recam_weight", "recam_all_weights")
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one dotted config key, the value read as YAML: -o lpcam.tau=0.25, "
+                        "-o cam.scales=[1.0,0.5], -o methods=cam,lpcam (repeatable)")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
-    p.add_argument("--run-dir", default="runs/demo", help="local path or URI (file://, s3://, gs://)")
+    p.add_argument("--config", "-c", default="", metavar="FILE",
+                   help=f"YAML config, a file or a shipped preset ({', '.join(preset_names())})")
+    add_config_args(p)
+    p.add_argument("--run-dir", default="", help="local path or URI (file://, s3://, gs://); default: the "
+                                                 "config's run_dir (runs/demo without a config)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="rerun a run directory whose recorded config differs (the map stages still refuse "
+                        "maps made with other options)")
     p.add_argument("--quick", action="store_true", help="tiny demo world, fewer epochs (about two minutes)")
     p.add_argument("--demo-backbone", default="tiny", choices=list(DEMO_BACKBONES),
                    help="the demo world's classifier: tiny (from scratch, the default) or efficientnet_lite0 "
@@ -77,55 +102,110 @@ def parse_options(text: str, cls, flag: str, base=None):
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in kinds:
-            raise SystemExit(f"{flag}: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
+            raise ConfigError(f"{flag}: {item!r} is not KEY=VALUE with KEY one of {sorted(kinds)}")
         kind = kinds[key]
         try:
             out[key] = {"bool": parse_bool, "int": int, "float": float, "tuple": parse_scales}.get(kind, str)(value)
         except ValueError:
-            raise SystemExit(f"{flag}: {key}={value!r} is not a valid {kind}") from None
+            raise ConfigError(f"{flag}: {key}={value!r} is not a valid {kind}") from None
     try:
         return dataclasses.replace(base, **out) if base is not None else cls(**out)
     except ValueError as e:
-        raise SystemExit(f"{flag}: {e}") from None
+        raise ConfigError(f"{flag}: {e}") from None
 
 
-def config_from_args(args) -> PipelineConfig:
+def config_from_args(args, parser: argparse.ArgumentParser | None = None) -> PipelineConfig:
+    """The run's config: the file (``--config`` or ``run``'s CONFIG), else the built-in preset the
+    flags choose with the flags' options; then the operational flags and the ``-o`` overrides."""
+    path = getattr(args, "config_file", "") or getattr(args, "config", "")
+    if path:
+        given = [f"--{f.replace('_', '-')}" for f in PRESET_FLAGS
+                 if parser is not None and hasattr(args, f) and getattr(args, f) != parser.get_default(f)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: with a config file, set these with -o (e.g. -o dataset.root=..., "
+                              f"-o methods=cam,lpcam, -o lpcam.tau=0.25)")
+        cfg = load_config(path)
+    else:
+        cfg = preset_from_flags(args)
+    cfg = operational_flags(cfg, args)
+    return load_config(None, tuple(args.override), base=cfg, run_dir=args.run_dir or cfg.run_dir)
+
+
+def preset_from_flags(args) -> PipelineConfig:
     methods = tuple(m for m in args.methods.split(",") if m)
     unknown = set(methods) - set(ALL_METHODS)
     if unknown:
-        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
+        raise ConfigError(f"unknown methods {sorted(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    run_dir = args.run_dir or "runs/demo"
     if args.coco_root:
-        cfg = coco_config(args.run_dir, args.coco_root, args.split, args.class_subset, args.limit, args.protocol, methods)
+        cfg = coco_config(run_dir, args.coco_root, args.split, args.class_subset, args.limit, args.protocol, methods)
     else:
-        cfg = demo_config(args.run_dir, args.quick, methods, getattr(args, "demo_backbone", "tiny"))
-    train, cam = cfg.train, cfg.cam
+        cfg = demo_config(run_dir, args.quick, methods, getattr(args, "demo_backbone", "tiny"))
     recam = parse_options(getattr(args, "recam_train", ""), TrainConfig, "--recam-train", cfg.recam_train)
-    if args.epochs:
-        train = dataclasses.replace(train, epochs=args.epochs)
-    if args.num_workers:
-        train = dataclasses.replace(train, num_workers=args.num_workers)
-        recam = dataclasses.replace(recam, num_workers=args.num_workers)
-    cam = parse_options(getattr(args, "cam", ""), CamConfig, "--cam", cam)
-    if args.num_actors:
-        cam = dataclasses.replace(cam, num_actors=args.num_actors)
-    if args.gpu:
-        train, recam = (dataclasses.replace(t, use_gpu=True) for t in (train, recam))
-        cam = dataclasses.replace(cam, use_gpu=True)
     model = dataclasses.replace(cfg.model, input_norm=args.input_norm) if args.input_norm else cfg.model
     segment = tuple(m for m in args.segment.split(",") if m)
-    lpcam = parse_options(getattr(args, "lpcam", ""), LPCAMConfig, "--lpcam", cfg.lpcam)
-    return dataclasses.replace(cfg, model=model, train=train, recam_train=recam, cam=cam, lpcam=lpcam, strict=args.strict,
-                               segment=segment, refiner=args.refiner, use_gpu_refine=args.gpu,
+    return dataclasses.replace(cfg, model=model, recam_train=recam, segment=segment, refiner=args.refiner,
+                               cam=parse_options(getattr(args, "cam", ""), CamConfig, "--cam", cfg.cam),
+                               lpcam=parse_options(getattr(args, "lpcam", ""), LPCAMConfig, "--lpcam", cfg.lpcam),
                                infercam=parse_options(args.infercam, InferCamConfig, "--infercam"),
                                infercam_ablation=args.infercam_ablation,
                                advcam=parse_options(args.advcam, AdvCamConfig, "--advcam"),
                                recam_weight=args.recam_weight, recam_all_weights=args.recam_all_weights)
 
 
+def operational_flags(cfg: PipelineConfig, args) -> PipelineConfig:
+    """Epochs, workers, actors, GPU and strictness over either source."""
+    train, recam, cam = cfg.train, cfg.recam_train, cfg.cam
+    if args.epochs:
+        train = dataclasses.replace(train, epochs=args.epochs)
+    if args.num_workers:
+        train = dataclasses.replace(train, num_workers=args.num_workers)
+        recam = dataclasses.replace(recam, num_workers=args.num_workers)
+    if args.num_actors:
+        cam = dataclasses.replace(cam, num_actors=args.num_actors)
+    if args.gpu:
+        train, recam = (dataclasses.replace(t, use_gpu=True) for t in (train, recam))
+        cam = dataclasses.replace(cam, use_gpu=True)
+    return dataclasses.replace(cfg, train=train, recam_train=recam, cam=cam, strict=cfg.strict or args.strict,
+                               use_gpu_refine=cfg.use_gpu_refine or args.gpu)
+
+
+def run_command(cfg: PipelineConfig, allow_config_change: bool = False) -> int:
+    from wsss_ray.stages.pipeline import run_pipeline
+    run_pipeline(cfg, allow_config_change=allow_config_change)
+    return 0
+
+
+def job_main(parser: argparse.ArgumentParser, argv=None) -> int:
+    """A job script's body (jobs/lpcam_coco.py): the same flags, config files and exit codes."""
+    try:
+        args = parser.parse_args(argv)
+        return run_command(config_from_args(args, parser), args.allow_config_change)
+    except ConfigError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="wsss-ray", description=__doc__)
+    try:
+        return dispatch(argv)
+    except ConfigError as e:
+        print(f"wsss-ray: error: {e}", file=sys.stderr)
+        return 2
+
+
+def dispatch(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wsss-ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_pipeline_args(sub.add_parser("run", help="manifest -> classifier -> maps -> evaluation"), "cam,lpcam,lpcam_f")
+    run = sub.add_parser("run", help="manifest -> classifier -> maps -> evaluation")
+    run.add_argument("config_file", nargs="?", default="", metavar="CONFIG",
+                     help=f"YAML config file or preset name ({', '.join(preset_names())})")
+    add_pipeline_args(run, "cam,lpcam,lpcam_f")
+    config = sub.add_parser("config", help="config files").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved config as YAML (it loads back to the same config)")
+    show.add_argument("config_file", metavar="CONFIG")
+    add_config_args(show)
     world = sub.add_parser("demo-world", help="render the demo world to a folder")
     world.add_argument("out_dir")
     world.add_argument("--size", default="full", choices=["full", "quick"])
@@ -135,9 +215,10 @@ def main(argv=None) -> int:
         rows, _, _ = build_demo_manifest(args.out_dir, args.size)
         print(f"{len(rows)} images in {args.out_dir}")
         return 0
-    from wsss_ray.stages.pipeline import run_pipeline
-    run_pipeline(config_from_args(args))
-    return 0
+    if args.command == "config":
+        print(to_yaml(load_config(args.config_file, tuple(args.override))), end="")
+        return 0
+    return run_command(config_from_args(args, run), args.allow_config_change)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def require(ok: bool, message: str) -> None:
+    """A config's range check: a wrong value stops at construction, before any work."""
+    if not ok:
+        raise ValueError(message)
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -45,6 +51,11 @@ class ModelConfig:
     input_norm: str = "native"
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        require(self.backbone in ("tiny", "resnet50", "efficientnet_lite0"),
+                f"model.backbone {self.backbone!r}: choose tiny, resnet50 or efficientnet_lite0")
+        require(self.input_norm in ("native", "imagenet_raw"), f"model.input_norm {self.input_norm!r}: native or imagenet_raw")
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,18 @@ class TrainConfig:
     # thousand steps). The crop's random pad offset is not drawn (docs/RESULTS.md measures it).
     cached_features: bool = False
 
+    def __post_init__(self):
+        require(self.optimizer in ("sgd", "adam"), f"train.optimizer {self.optimizer!r}: sgd or adam")
+        require(self.epochs >= 0 and self.min_steps >= 0 and self.keep_epochs >= 0, "epochs, min_steps, keep_epochs >= 0")
+        require(self.batch_size >= 1 and self.num_workers >= 1 and self.checkpoint_every >= 1,
+                f"batch_size ({self.batch_size}), num_workers ({self.num_workers}), checkpoint_every "
+                f"({self.checkpoint_every}) must be >= 1")
+        require(min(self.lr_backbone, self.lr_head, self.lr_fc2, self.weight_decay, self.recam_lambda) >= 0,
+                "learning rates, weight_decay and recam_lambda must be >= 0")
+        require(len(self.resize_long) == 2 and 0 < self.resize_long[0] <= self.resize_long[1],
+                f"resize_long {self.resize_long}: (low, high) with 0 < low <= high")
+        require(self.crop_size >= 0, f"crop_size {self.crop_size}: >= 0 (0 = no crop)")
+
 
 def recam_model(model: ModelConfig, unfreeze: bool) -> ModelConfig:
     """The model config ReCAM trains: the CAM stage's, with its backbone unfrozen when asked
@@ -101,6 +124,11 @@ class CamConfig:
     resample: str = "pil"             # scales from the uint8 image, PIL bicubic (authors'); "torch": resize the tensor
 
     def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
+        require(len(self.scales) > 0 and min(self.scales) > 0, f"cam.scales {self.scales}: one or more, all > 0")
+        require(self.store_stride >= 1 and self.batch_size >= 1 and self.num_actors >= 1 and self.actor_cpus > 0,
+                "cam.store_stride, batch_size, num_actors >= 1 and actor_cpus > 0")
+        require(self.max_side >= 0, f"cam.max_side {self.max_side}: >= 0 (0 = keep)")
         if self.resample not in ("pil", "torch"):
             raise ValueError(f"resample must be 'pil' (the authors') or 'torch', not {self.resample!r}")
 
@@ -121,6 +149,11 @@ class LPCAMConfig:
     fallback: str = "near_best"       # no centre passes mu_f: "near_best" (authors' COCO) | "best_one"
 
     def __post_init__(self):
+        require(self.tau > 0, f"lpcam.tau {self.tau}: > 0")
+        require(self.k >= 1 and self.kmeans_iters >= 1 and self.kmeans_redo >= 1, "lpcam.k, kmeans_iters, kmeans_redo >= 1")
+        require(0 <= self.mu_f <= 1 and 0 <= self.mu_b_low <= self.mu_b_high <= 1,
+                f"lpcam: 0 <= mu_f <= 1 and 0 <= mu_b_low <= mu_b_high <= 1 (got {self.mu_f}, {self.mu_b_low}, {self.mu_b_high})")
+        require(self.images_per_class >= 0 and self.max_positions_per_image >= 0, "images_per_class, max_positions_per_image >= 0")
         if self.fallback not in ("near_best", "best_one"):
             raise ValueError(f"fallback must be 'near_best' (the authors' COCO rule) or 'best_one', "
                              f"not {self.fallback!r}")
@@ -186,6 +219,11 @@ class EvalConfig:
     thresholds: tuple = tuple(round(0.05 * i, 2) for i in range(1, 20))     # 0.05 .. 0.95
     max_side: int = 0                 # evaluate at this long side (0 = native resolution)
 
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", tuple(float(v) for v in self.thresholds))
+        require(len(self.thresholds) > 0 and all(0 <= t <= 1 for t in self.thresholds),
+                f"eval.thresholds {self.thresholds}: one or more, each in [0, 1]")
+
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -198,7 +236,53 @@ class DatasetConfig:
     tags_file: str = ""               # folder datasets: CSV or JSONL of tags
     masks_dir: str = ""               # folder datasets: optional GT masks
 
+    def __post_init__(self):
+        require(self.kind in ("demo", "coco", "voc", "folder"), f"dataset.kind {self.kind!r}: demo, coco, voc or folder")
+        require(self.demo_size in ("full", "quick"), f"dataset.demo_size {self.demo_size!r}: full or quick")
+        require(self.limit >= 0, f"dataset.limit {self.limit}: >= 0 (0 = all)")
+
+
+ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam")
+# ReCAM's class weights (the paper's Table 4) and the maps directory each is written to when asked
+# for beside the chosen one; the chosen weight is always ``maps/recam``
+RECAM_WEIGHTS = {"w": "recam_w", "w'": "recam_wp", "w+w'": "recam_wsum", "w*w'": "recam_wprod"}
+# InferCam's ablation (the paper's Table 3): each half of the method alone, beside the full method
+INFERCAM_ABLATION = {"infercam_split": {"split": True, "iterate": False},
+                     "infercam_iter": {"split": False, "iterate": True}}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run_dir: str = "runs/demo"
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    recam_train: TrainConfig = TrainConfig()
+    recam_unfreeze: bool = False  # ReCAM fine-tunes the backbone even where the CAM stage froze it
+    cam: CamConfig = CamConfig()
+    lpcam: LPCAMConfig = LPCAMConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: tuple = ("cam", "lpcam", "lpcam_f")
+    recam_weight: str = "w*w'"  # the class weight ReCAM's maps use: w, w', w+w' or w*w' (the paper's)
+    recam_all_weights: bool = False  # also extract the other three weights (recam_w, recam_wp, ...)
+    infercam: InferCamConfig = InferCamConfig()
+    infercam_ablation: bool = False  # also extract split-only and iterate-only InferCam
+    advcam: AdvCamConfig = AdvCamConfig()
+    segment: tuple = ()         # methods taken on to pseudo masks and a segmentation network
+    refiner: str = ""           # how seeds become pseudo masks: irn | crf; "" = the preset's (DEFAULT_REFINER)
+    use_gpu_refine: bool = False
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.recam_weight not in RECAM_WEIGHTS:
+            raise ValueError(f"recam_weight {self.recam_weight!r}: choose from {', '.join(RECAM_WEIGHTS)}")
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "segment", tuple(self.segment))
+        unknown = sorted(set(self.methods) - set(ALL_METHODS))
+        require(not unknown, f"methods {unknown}: choose from {', '.join(ALL_METHODS)}")
+        require(self.refiner in ("", "irn", "crf"), f"refiner {self.refiner!r}: irn, crf or '' (the preset's)")
+
 
 _NESTED = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "CamConfig": CamConfig,
            "LPCAMConfig": LPCAMConfig, "EvalConfig": EvalConfig, "DatasetConfig": DatasetConfig,
-           "InferCamConfig": InferCamConfig, "AdvCamConfig": AdvCamConfig}
+           "InferCamConfig": InferCamConfig, "AdvCamConfig": AdvCamConfig, "PipelineConfig": PipelineConfig}

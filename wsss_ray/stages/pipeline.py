@@ -5,48 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
-from dataclasses import dataclass
 
-from wsss_ray.config import (AdvCamConfig, CamConfig, DatasetConfig, EvalConfig, InferCamConfig, LPCAMConfig,
-                             ModelConfig, TrainConfig, recam_model, to_dict)
+from wsss_ray.config import (INFERCAM_ABLATION, RECAM_WEIGHTS, CamConfig, DatasetConfig,
+                             EvalConfig, InferCamConfig, LPCAMConfig, ModelConfig, PipelineConfig, TrainConfig,
+                             recam_model, to_dict)
 from wsss_ray.rundir import RunDir
-
-ALL_METHODS = ("cam", "lpcam", "lpcam_f", "recam", "infercam", "advcam")
-# ReCAM's class weights (the paper's Table 4) and the maps directory each is written to when asked
-# for beside the chosen one; the chosen weight is always ``maps/recam``
-RECAM_WEIGHTS = {"w": "recam_w", "w'": "recam_wp", "w+w'": "recam_wsum", "w*w'": "recam_wprod"}
-# InferCam's ablation (the paper's Table 3): each half of the method alone, beside the full method
-INFERCAM_ABLATION = {"infercam_split": {"split": True, "iterate": False},
-                     "infercam_iter": {"split": False, "iterate": True}}
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    run_dir: str
-    dataset: DatasetConfig = DatasetConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    recam_train: TrainConfig = TrainConfig()
-    recam_unfreeze: bool = False  # ReCAM fine-tunes the backbone even where the CAM stage froze it
-    cam: CamConfig = CamConfig()
-    lpcam: LPCAMConfig = LPCAMConfig()
-    eval: EvalConfig = EvalConfig()
-    methods: tuple = ("cam", "lpcam", "lpcam_f")
-    recam_weight: str = "w*w'"  # the class weight ReCAM's maps use: w, w', w+w' or w*w' (the paper's)
-    recam_all_weights: bool = False  # also extract the other three weights (recam_w, recam_wp, ...)
-    infercam: InferCamConfig = InferCamConfig()
-    infercam_ablation: bool = False  # also extract split-only and iterate-only InferCam
-    advcam: AdvCamConfig = AdvCamConfig()
-    segment: tuple = ()         # methods taken on to pseudo masks and a segmentation network
-    refiner: str = ""           # how seeds become pseudo masks: irn | crf; "" = the preset's (DEFAULT_REFINER)
-    use_gpu_refine: bool = False
-    strict: bool = False
-
-    def __post_init__(self):
-        if self.recam_weight not in RECAM_WEIGHTS:
-            raise ValueError(f"recam_weight {self.recam_weight!r}: choose from {', '.join(RECAM_WEIGHTS)}")
-
 
 DEMO_BACKBONES = ("tiny", "efficientnet_lite0")
 
@@ -132,7 +97,64 @@ def log(msg: str) -> None:
     print(f"[wsss_ray {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def record_config(run: RunDir, cfg: PipelineConfig, allow_change: bool = False) -> None:
+    """Write the resolved config (config.json, config.yaml) to the run directory; a rerun whose
+    config differs from the recorded one in a key that changes results stops, naming the keys."""
+    from wsss_ray.config_file import ConfigError, changed_keys, to_yaml
+    path = run.uri("config.json")
+    if run.exists(path) and not allow_change:
+        old = run.read_json(path)
+        changed = [k for k in changed_keys(old, to_dict(cfg)) if not operational_key(k) and key_in(old, k)]
+        if changed:
+            raise ConfigError(f"{cfg.run_dir} was made with another config: {', '.join(changed)} differ. Use a new "
+                              f"--run-dir, or --allow-config-change to go on (map stages still refuse stale maps)")
+    run.write_json(path, to_dict(cfg))
+    run.write_text(run.uri("config.yaml"), to_yaml(cfg))
+
+
+# keys that choose what runs or where, not what a stage computes: a rerun may change them
+OPERATIONAL_KEYS = ("run_dir", "methods", "segment", "refiner", "recam_all_weights", "infercam_ablation", "strict",
+                    "use_gpu_refine", "cam.num_actors", "cam.actor_cpus", "cam.use_gpu", "cam.batch_size",
+                    "train.num_workers", "train.use_gpu", "recam_train.num_workers", "recam_train.use_gpu",
+                    "infercam.max_batch", "advcam.max_batch")
+
+
+def operational_key(key: str) -> bool:
+    return key in OPERATIONAL_KEYS
+
+
+def key_in(data: dict, dotted: str) -> bool:
+    """Whether a recorded config has the key at all (an older run directory may lack new keys)."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Mistakes a user can fix, found before any work: each one line that says what to do."""
+    from wsss_ray.config_file import ConfigError
+    data = cfg.dataset
+    needed = [("root", data.root)] + ([("tags_file", data.tags_file)] if data.kind == "folder" else [])
+    for key, value in needed if data.kind != "demo" else []:
+        if not value:
+            raise ConfigError(f"dataset.{key} is empty: give the {data.kind} dataset's {key} with -o dataset.{key}=PATH")
+        if "://" not in value and not os.path.exists(value):
+            raise ConfigError(f"dataset.{key} {value!r} does not exist (a local path; URIs are read as they are)")
+
+
+def check_gpus(cfg: PipelineConfig) -> None:
+    """A GPU asked for where the cluster declares none stops here, not in a pending actor."""
+    from wsss_ray.config_file import ConfigError
+    from wsss_ray.stages.session import cluster_gpus
+    wanted = [name for name, on in (("train.use_gpu", cfg.train.use_gpu), ("cam.use_gpu", cfg.cam.use_gpu)) if on]
+    if wanted and cluster_gpus() == 0:
+        raise ConfigError(f"{', '.join(wanted)}: the Ray cluster has no GPU; drop --gpu (torch runs on the CPUs) "
+                          f"or start the cluster on nodes that declare GPUs")
+
+
+def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict:
     from wsss_ray.stages.evaluate import evaluate_maps, plot_curves
     from wsss_ray.stages.extract import extract_maps
     from wsss_ray.stages.manifest import build_manifest
@@ -142,10 +164,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     unknown = [m for m in cfg.segment if m not in cfg.methods]
     if unknown:          # fail before hours of seed work, not after
         raise ValueError(f"--segment {','.join(unknown)}: not among --methods {','.join(cfg.methods)}")
+    check_inputs(cfg)
     run = RunDir(cfg.run_dir)
+    try:
+        record_config(run, cfg, allow_config_change)
+    except OSError as e:
+        from wsss_ray.config_file import ConfigError
+        raise ConfigError(f"run directory {cfg.run_dir!r} is not writable ({e.__class__.__name__}: {e}); "
+                          f"choose another --run-dir") from None
     ensure_ray()
+    check_gpus(cfg)
     timings, results = {}, {}
-    run.write_json(run.uri("config.json"), to_dict(cfg))
 
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
