@@ -4,13 +4,13 @@ Pipeline per call (all images share one size H x W):
 
 1. **Baseline and centres** (split only). The usual multi-scale CAM at ``out_size`` (the stride-4
    grid the pipeline stores); per GT class the intensity-weighted centre of mass on that grid,
-   mapped to the nearest image pixel (pixel-centre convention, as bilinear with
-   ``align_corners=False``). Max-normalisation does not move a centre of mass, so the raw map is
+   mapped to image coordinates (pixel-centre convention, as bilinear with ``align_corners=False``)
+   and truncated, as the authors' ``int(center_of_mass)``. Max-normalisation does not move a centre of mass, so the raw map is
    used, or the CAM pass's stored maps when the caller passes them (``baselines``: one baseline
    inference less per image; at the store's 8-bit precision a centre can move by a pixel). An
    all-zero map gives the image centre (the authors' fallback).
 2. **Split** (:func:`split_boxes`, :func:`class_boxes`). One class: four quadrants around the
-   centre, each reaching ``buffer_one`` px past the centre lines. Two classes: the rectangle
+   centre, each reaching ``buffer_one`` px past the centre lines (``img[0:c + b]``, ``img[c - b:]``). Two classes: the rectangle
    spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
    ``three_plus="per_class"`` (paper) gives every class its own four patches around its own
    centre (``buffer_one``, since each split has one centre); ``"none"`` (authors' code) keeps the
@@ -27,8 +27,12 @@ Pipeline per call (all images share one size H x W):
    area is below ``stop_fraction`` of its patch or after ``max_rounds`` inferences (the first,
    un-erased one included, as in the code's ``range(5)``). The erased patch is built once and
    then scaled and flipped, so the flipped input hides the mirrored pixels and the fused map
-   refers to one set of physical pixels (the authors' code erases flipped inputs with the
-   unflipped mask).
+   refers to one set of physical pixels (``erase_views="patch"``); the authors' code scales first
+   and erases each scaled input with a mask nearest-resized from the previous input's, the flipped
+   inputs with the unflipped mask, filled with the input's own mean (``erase_views="scaled"``).
+   Patches are scaled as the CAM pass scales images: PIL from the uint8 patch when the pyramid
+   carries its pixels (``resample="pil"``, the authors' loader), else torch bicubic; with
+   ``"patch"`` the erased rounds are torch-resized (an erased normalised patch has no uint8 form).
 4. **Unite** (:func:`unite`). Patch maps are pasted into a full-resolution (H, W) map per class
    with a max over overlaps, resized bilinearly to ``out_size`` and max-normalised. As in the
    paper and code, the whole-image baseline is not part of the union.
