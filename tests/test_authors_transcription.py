@@ -16,6 +16,15 @@ no code with the package:
   the [image, flip] pair climbed ``adv_iter`` times (scale 0.5: fewer), Grad-CAM of the last stage
   from a hooked backward of the summed positive activation, the map accumulated before each step,
   the step normalised by the pair's max |gradient| and clamped to the pair's min / max.
+- InferCam ``split_img.py`` then ``infer_cam.py``: the baseline CAM at the image's own size (each
+  input's map bilinear straight to it, no multiple-of-16 crop), per GT class ``int()`` of its centre
+  of mass; four patches ``img[0:cy + b, 0:cx + b]``, ``img[0:cy + b, cx - b:w]``, ... around the
+  centre (b = 10) or the two centres' rectangle (b = 20), the whole image four times for 3+ classes;
+  per patch up to 5 rounds of the 8 PIL-scaled inputs (bilinear to the patch, flips undone, summed,
+  over max + 1e-5, running max), from round 2 each input erased where the running max over the
+  classes is >= 0.7: the mask nearest-resized from the previous input's (a chain), unflipped on
+  the flipped inputs, filled with the input's mean; stop when under 2% is newly erased; the patch
+  maps pasted at their corners, max over the four. The patch files' JPEG round trip is left out.
 
 The head is a seeded random linear layer: the formulas, not the weights, are under test.
 """
@@ -30,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss_ray.api import CAM, LPCAM, AdvCAM, Model, ReCAM
+from wsss_ray.api import CAM, LPCAM, AdvCAM, InferCam, Model, ReCAM
 from wsss_ray.cams.prototypes import score_centres, select_prototypes
 from wsss_ray.config import LPCAMConfig
 from wsss_ray.models.classifier import build_classifier
@@ -181,6 +190,96 @@ def authors_advcam(net, img: np.ndarray, label: list[int], adv_iter: int, AD_coe
     strided_cam = torch.sum(torch.stack([F.interpolate(o[None], strided_size(size), mode="bilinear",
                                                        align_corners=False)[0] for o in outputs_cam]), 0)
     return strided_cam / (F.adaptive_max_pool2d(strided_cam, (1, 1)) + 1e-5)
+
+
+def authors_centre(norm_cam: np.ndarray, shape) -> list[int]:
+    """split_img.py: ``list(map(int, ndimage.center_of_mass(norm_cam[i])))`` (int() truncates);
+    the except branch (an all-zero map: 0 / 0) gives [int(h / 2), int(w / 2)]."""
+    total = norm_cam.astype(np.float64).sum()
+    if not total > 0:
+        return [int(shape[0] / 2), int(shape[1] / 2)]
+    ys, xs = np.indices(norm_cam.shape)
+    return [int((ys * norm_cam).sum() / total), int((xs * norm_cam).sum() / total)]
+
+
+def authors_split(net, img: np.ndarray, label: list[int]) -> list[np.ndarray]:
+    """split_img.py: the baseline CAM at the image's own size, a centre per GT class, four patches."""
+    h, w = img.shape[:2]
+    keep = torch.zeros(NUM_CLASSES)
+    keep[label] = 1
+    cam_list = []
+    for i, x in enumerate(x for pair in authors_inputs(img) for x in pair):
+        cam = F.relu(F.conv2d(net.features(x[None]), net.head.weight))
+        cam = F.interpolate(cam, (h, w), mode="bilinear", align_corners=False)[0] * keep[:, None, None]
+        cam_list.append(cam.flip(-1) if i % 2 == 1 else cam)
+    sum_cam = torch.stack(cam_list).sum(0).numpy()
+    norm_cam = sum_cam / (np.max(sum_cam, (1, 2), keepdims=True) + 1e-5)
+    centres = np.array([authors_centre(norm_cam[c], (h, w)) for c in label])
+    if len(label) > 2:
+        return [img] * 4                              # "if more than 2 classes, don't split"
+    b = 20 if len(label) == 2 else 10
+    assert (centres >= b).all(), "a start below 0 would wrap around (numpy slicing): not transcribed"
+    cy_max, cx_max = centres[:, 0].max(), centres[:, 1].max()
+    cy_min, cx_min = centres[:, 0].min(), centres[:, 1].min()
+    return [img[0:cy_max + b, 0:cx_max + b], img[0:cy_max + b, cx_min - b:w],
+            img[cy_min - b:h, 0:cx_max + b], img[cy_min - b:h, cx_min - b:w]]
+
+
+def authors_patch_rounds(net, patch: np.ndarray, label: list[int]) -> torch.Tensor:
+    """infer_cam.py, one split: up to 5 inferences of the patch's 8 inputs (4 scales, each with
+    its flip), each round's max-normalised sum kept as a running max; from the second round each
+    input is erased where the running max over the classes is >= 0.7."""
+    ph, pw = patch.shape[:2]
+    keep = torch.zeros(NUM_CLASSES)
+    keep[label] = 1
+    img_list = [x[None] for pair in authors_inputs(patch) for x in pair]
+    cam_matrix = torch.zeros(NUM_CLASSES, ph, pw)
+    last_left = torch.ones(ph, pw)
+    left = None
+    for dropout_index in range(5):
+        if dropout_index > 0:
+            new_img_list = []
+            for img in img_list:
+                _, _, h, w = img.shape
+                left = F.interpolate(left, (h, w))    # nearest, from the previous input's mask
+                rgb_mean = torch.mean(img, dim=(2, 3))
+                mask_mean = torch.ones_like(img) * rgb_mean[0][None, :, None, None]
+                new_img_list.append((left * img + (1 - left) * mask_mean).float())
+        else:
+            new_img_list = img_list
+        cam_list = []
+        for i, img in enumerate(new_img_list):
+            cam = F.relu(F.conv2d(net.features(img), net.head.weight))
+            cam = F.interpolate(cam, (ph, pw), mode="bilinear", align_corners=False)[0] * keep[:, None, None]
+            cam_list.append(cam.flip(-1) if i % 2 == 1 else cam)
+        sum_cam = torch.stack(cam_list).sum(0)
+        norm_cam = sum_cam / (torch.amax(sum_cam, (1, 2), keepdim=True) + 1e-5)
+        cam_matrix = torch.maximum(cam_matrix, norm_cam)
+        left = (cam_matrix.max(0).values < 0.7).float()
+        cam_mask_diff = (last_left.sum() - left.sum()) / (ph * pw)
+        last_left = left
+        left = left[None, None]
+        if cam_mask_diff < 0.02:
+            break
+    return cam_matrix
+
+
+def authors_infercam(net, img: np.ndarray, label: list[int]) -> torch.Tensor:
+    """split_img.py then infer_cam.py: every patch's map pasted at its corner of a zero (H, W)
+    map per GT class, the max over the four; full resolution, no normalisation after."""
+    h, w = img.shape[:2]
+    patches = authors_split(net, img, label)
+    cam_mask = torch.zeros(4, len(label), h, w)
+    done = {}
+    for k, patch in enumerate(patches):
+        key = (id(patch), patch.shape)                # 3+ classes: one image four times, inferred once
+        if key not in done:
+            done[key] = authors_patch_rounds(net, patch, label)[label]
+        ph, pw = patch.shape[:2]
+        rows = slice(0, ph) if k in (0, 1) else slice(h - ph, h)
+        cols = slice(0, pw) if k in (0, 2) else slice(w - pw, w)
+        cam_mask[k, :, rows, cols] = done[key]
+    return cam_mask.max(0).values
 
 
 # ------------------------------------------------------------------ fixtures
@@ -341,3 +440,39 @@ def test_advcam_climbing_matches_authors(real):
                           SCALES, True, AdvCamConfig(steps=adv_iter))[0]
     want = authors_advcam(net64, img, labels, adv_iter, inputs=pairs).detach()
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+# InferCamConfig values that are the authors' code (bucket_px=1: every patch inferred at its own size)
+INFERCAM_AUTHORS = dict(erase="union", three_plus="none", erase_views="scaled", bucket_px=1)
+INFERCAM_CASES = [(0, [2]), (1, [1, 3]), (0, [0, 1, 3])]
+
+
+@pytest.mark.parametrize("index, label", INFERCAM_CASES, ids=["1 class", "2 classes", "3 classes"])
+def test_infercam_matches_authors_infer_cam(real, index, label):
+    """The pure-torch API's InferCam at full resolution (stride 1) against split_img.py + infer_cam.py.
+
+    The authors' ``cam_dict`` is at the image's own size (each input's CAM resized straight to its
+    patch, the patches pasted into an (H, W) map), so full resolution is the grid to compare at;
+    the product's per-map normalisation after uniting (for its stored grids) moves a map by ~1e-5.
+    Every scale (1, 0.5, 1.5, 2) with flips; one class (four patches around its centre, b = 10),
+    two (around both centres, b = 20) and three (no split: the whole image). A 161 x 221 window of
+    the photos keeps the up-to-5 rounds of 4 patches cheap on CPU.
+    """
+    net, images = real
+    img = np.ascontiguousarray(images[index][:161, :221])
+    got = InferCam(model_of(net), stride=1, **INFERCAM_AUTHORS)([img], [label])[0]
+    with torch.no_grad():
+        want = authors_infercam(net, img, label).numpy()
+    assert got.shape == want.shape == (len(label), *img.shape[:2])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_infercam_default_patch_erasing_is_a_measurable_departure(real):
+    # erase_views="patch" (the default) erases the scale-1 patch and then scales and flips it;
+    # the authors erase each scaled input with a chained nearest mask, unflipped on flipped inputs
+    net, images = real
+    img = np.ascontiguousarray(images[0][:161, :221])
+    got = InferCam(model_of(net), stride=1, **dict(INFERCAM_AUTHORS, erase_views="patch"))([img], [[2]])[0]
+    with torch.no_grad():
+        want = authors_infercam(net, img, [2]).numpy()
+    assert np.abs(got - want).max() > 0.01

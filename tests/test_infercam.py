@@ -52,30 +52,35 @@ def test_centre_of_mass_hand_made():
 
 
 def test_grid_to_image_pixel_centres():
-    assert grid_to_image((0.0, 0.0), (25, 25), (100, 100)) == (2, 2)      # cell 0 covers px 0..3
-    assert grid_to_image((24.0, 12.0), (25, 25), (100, 100)) == (98, 50)
+    # the point in image coordinates, truncated as split_img.py's int(center_of_mass(...)): cell 0
+    # covers px 0..3, its centre is px 1.5, in pixel 1 (before the fix: rounded to 2)
+    assert grid_to_image((0.0, 0.0), (25, 25), (100, 100)) == (1, 1)
+    assert grid_to_image((24.0, 12.0), (25, 25), (100, 100)) == (97, 49)   # px 97.5, 49.5
     assert grid_to_image((-3.0, 40.0), (25, 25), (100, 100)) == (0, 99)   # clamped
+    assert grid_to_image((10.9, 3.2), (20, 30), (20, 30)) == (10, 3)      # full resolution: int()
 
 
 # ------------------------------------------------------------------ splits
 
 
 def test_split_one_class():
+    # split_img.py: img[0:cy + 10, 0:cx + 10], img[0:cy + 10, cx - 10:w], ... (ends exclusive: the
+    # overlap is 2 * buffer = 20 px; it was 21 before the patches were cut as the authors cut them)
     boxes = split_boxes([(50, 40)], 100, 80, 10)
-    assert boxes == [(0, 61, 0, 51), (0, 61, 30, 80), (40, 100, 0, 51), (40, 100, 30, 80)]
+    assert boxes == [(0, 60, 0, 50), (0, 60, 30, 80), (40, 100, 0, 50), (40, 100, 30, 80)]
     cover = covered(boxes, 100, 80)
     assert (cover >= 1).all()
-    assert (cover[40:61, 30:51] == 4).all()          # buffer square around the centre in all four
-    assert (cover[:40, :30] == 1).all() and (cover[61:, 51:] == 1).all()
+    assert (cover[40:60, 30:50] == 4).all()          # buffer square around the centre in all four
+    assert (cover[:40, :30] == 1).all() and (cover[60:, 50:] == 1).all()
 
 
 def test_split_two_classes_keeps_rectangle_in_all_patches():
     boxes = split_boxes([(30, 20), (60, 50)], 100, 90, 5)
     cover = covered(boxes, 100, 90)
     assert (cover >= 1).all()
-    assert (cover[25:66, 15:56] == 4).all()          # rectangle + buffer in every patch
+    assert (cover[25:65, 15:55] == 4).all()          # rectangle + buffer in every patch
     for y0, y1, x0, x1 in boxes:
-        assert y0 <= 25 and y1 >= 66 and x0 <= 15 and x1 >= 56
+        assert y0 <= 25 and y1 >= 65 and x0 <= 15 and x1 >= 55
     cfg = InferCamConfig()
     per_class = class_boxes(2, [(30, 20), (60, 50)], 100, 90, cfg)
     assert per_class[0] == per_class[1] == split_boxes([(30, 20), (60, 50)], 100, 90, cfg.buffer_two)
@@ -83,7 +88,7 @@ def test_split_two_classes_keeps_rectangle_in_all_patches():
 
 def test_split_at_border_clamps_and_covers():
     boxes = split_boxes([(0, 79)], 100, 80, 10)
-    assert boxes == [(0, 11, 0, 80), (0, 11, 69, 80), (0, 100, 0, 80), (0, 100, 69, 80)]
+    assert boxes == [(0, 10, 0, 80), (0, 10, 69, 80), (0, 100, 0, 80), (0, 100, 69, 80)]
     assert (covered(boxes, 100, 80) >= 1).all()
     far = split_boxes([(-5, 500)], 100, 80, 10)      # out-of-image centres clamp, never wrap
     assert (covered(far, 100, 80) >= 1).all()
@@ -99,6 +104,8 @@ def test_split_three_plus_classes():
     assert class_boxes(1, None, 100, 80, InferCamConfig(split=False)) == [[(0, 100, 0, 80)]]
     with pytest.raises(ValueError):
         InferCamConfig(three_plus="some")
+    with pytest.raises(ValueError, match="erase_views"):
+        InferCamConfig(erase_views="some")
 
 
 def test_buffer_side_scales_the_buffers_with_each_axis():
@@ -106,10 +113,10 @@ def test_buffer_side_scales_the_buffers_with_each_axis():
     cfg = InferCamConfig(buffer_side=0.25)
     assert split_buffers(cfg, 200, 80) == ((50, 20), (50, 20))
     one = class_boxes(1, [(100, 40)], 200, 80, cfg)[0]
-    assert one == [(0, 151, 0, 61), (0, 151, 20, 80), (50, 200, 0, 61), (50, 200, 20, 80)]
+    assert one == [(0, 150, 0, 60), (0, 150, 20, 80), (50, 200, 0, 60), (50, 200, 20, 80)]
     # two classes: the same fraction around the rectangle of both centres
     two = class_boxes(2, [(60, 10), (120, 30)], 200, 80, cfg)[0]
-    assert two == [(0, 171, 0, 51), (0, 171, 0, 80), (10, 200, 0, 51), (10, 200, 0, 80)]
+    assert two == [(0, 170, 0, 50), (0, 170, 0, 80), (10, 200, 0, 50), (10, 200, 0, 80)]
     # 3+ classes split per class with the same buffers; 0 keeps the paper's px buffers
     assert class_boxes(3, [(0, 0)] * 3, 200, 80, cfg)[2] == split_boxes([(0, 0)], 200, 80, (50, 20))
     assert split_buffers(InferCamConfig(), 200, 80) == ((10, 10), (20, 20))

@@ -182,12 +182,18 @@ class InferCamConfig:
     buffer_side: float = 0.0      # > 0: both buffers are this fraction of the image's height (vertically) and
                                   # width (horizontally), replacing the px buffers; not the paper's. Absolute px
                                   # do not carry across image sizes: 0.25 is what helped coco_tiny and the demo
+    erase_views: str = "patch"    # "patch": erase the scale-1 patch, then scale and flip it (every view hides the
+                                  # same pixels); "scaled" (authors' code): scale first (PIL, as round 0), then erase
+                                  # each view with the mask nearest-resized from the previous view's (their chained
+                                  # F.interpolate), the flipped view with the unflipped mask, filled with the view's mean
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):
             raise ValueError(f"unite must be 'per_patch' or 'scaled', got {self.unite!r}")
         if self.erase not in ("per_class", "union"):
             raise ValueError(f"erase must be 'per_class' or 'union', got {self.erase!r}")
+        if self.erase_views not in ("patch", "scaled"):
+            raise ValueError(f"erase_views must be 'patch' or 'scaled', got {self.erase_views!r}")
         if self.three_plus not in ("per_class", "none"):
             raise ValueError(f"three_plus must be 'per_class' or 'none', got {self.three_plus!r}")
         if self.max_rounds < 1 or self.max_batch < 1 or self.bucket_px < 0:

@@ -29,6 +29,9 @@ class ScalePyramid:
     bicubic, antialiased) and normalised after, as the authors' data loader makes them
     (``data.augment.network_inputs`` builds it). Shape, device and dtype are the scale-1.0 batch's."""
     levels: dict          # scale -> (N,3,h_s,w_s) normalised tensor; holds 1.0
+    pixels: np.ndarray | None = None   # (N,H,W,3) uint8 images the levels came from (InferCam's patches)
+    mean: tuple | None = None          # the normalisation of the levels, for patches of ``pixels``
+    std: tuple | None = None
 
     @property
     def base(self) -> torch.Tensor:
@@ -49,10 +52,13 @@ class ScalePyramid:
 
     def __getitem__(self, index) -> "ScalePyramid":
         """The same images picked at every level (index the image axis only)."""
-        return ScalePyramid({s: x[index] for s, x in self.levels.items()})
+        pixels = None
+        if self.pixels is not None:
+            pixels = self.pixels[index.cpu().numpy() if torch.is_tensor(index) else index]
+        return ScalePyramid({s: x[index] for s, x in self.levels.items()}, pixels, self.mean, self.std)
 
     def to(self, device) -> "ScalePyramid":
-        return ScalePyramid({s: x.to(device) for s, x in self.levels.items()})
+        return ScalePyramid({s: x.to(device) for s, x in self.levels.items()}, self.pixels, self.mean, self.std)
 
 
 Images = Union[torch.Tensor, ScalePyramid]
@@ -70,7 +76,8 @@ def network_inputs(images: Sequence, mean, std, scales: Sequence[float], resampl
         return batch(images)
     if resample != "pil":
         raise ValueError(f"unknown resample {resample!r}: 'pil' (the authors') or 'torch'")
-    return ScalePyramid({float(s): batch([scale_image(im, s) for im in images]) for s in dict.fromkeys((1.0, *scales))})
+    return ScalePyramid({float(s): batch([scale_image(im, s) for im in images]) for s in dict.fromkeys((1.0, *scales))},
+                        np.stack([np.asarray(im, np.uint8) for im in images]), tuple(mean), tuple(std))
 
 
 def base_batch(images: Images) -> torch.Tensor:

@@ -4,13 +4,13 @@ Pipeline per call (all images share one size H x W):
 
 1. **Baseline and centres** (split only). The usual multi-scale CAM at ``out_size`` (the stride-4
    grid the pipeline stores); per GT class the intensity-weighted centre of mass on that grid,
-   mapped to the nearest image pixel (pixel-centre convention, as bilinear with
-   ``align_corners=False``). Max-normalisation does not move a centre of mass, so the raw map is
+   mapped to image coordinates (pixel-centre convention, as bilinear with ``align_corners=False``)
+   and truncated, as the authors' ``int(center_of_mass)``. Max-normalisation does not move a centre of mass, so the raw map is
    used, or the CAM pass's stored maps when the caller passes them (``baselines``: one baseline
    inference less per image; at the store's 8-bit precision a centre can move by a pixel). An
    all-zero map gives the image centre (the authors' fallback).
 2. **Split** (:func:`split_boxes`, :func:`class_boxes`). One class: four quadrants around the
-   centre, each reaching ``buffer_one`` px past the centre lines. Two classes: the rectangle
+   centre, each reaching ``buffer_one`` px past the centre lines (``img[0:c + b]``, ``img[c - b:]``). Two classes: the rectangle
    spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
    ``three_plus="per_class"`` (paper) gives every class its own four patches around its own
    centre (``buffer_one``, since each split has one centre); ``"none"`` (authors' code) keeps the
@@ -27,8 +27,12 @@ Pipeline per call (all images share one size H x W):
    area is below ``stop_fraction`` of its patch or after ``max_rounds`` inferences (the first,
    un-erased one included, as in the code's ``range(5)``). The erased patch is built once and
    then scaled and flipped, so the flipped input hides the mirrored pixels and the fused map
-   refers to one set of physical pixels (the authors' code erases flipped inputs with the
-   unflipped mask).
+   refers to one set of physical pixels (``erase_views="patch"``); the authors' code scales first
+   and erases each scaled input with a mask nearest-resized from the previous input's, the flipped
+   inputs with the unflipped mask, filled with the input's own mean (``erase_views="scaled"``).
+   Patches are scaled as the CAM pass scales images: PIL from the uint8 patch when the pyramid
+   carries its pixels (``resample="pil"``, the authors' loader), else torch bicubic; with
+   ``"patch"`` the erased rounds are torch-resized (an erased normalised patch has no uint8 form).
 4. **Unite** (:func:`unite`). Patch maps are pasted into a full-resolution (H, W) map per class
    with a max over overlaps, resized bilinearly to ``out_size`` and max-normalised. As in the
    paper and code, the whole-image baseline is not part of the union.
@@ -54,14 +58,16 @@ drops the flipped copy of the erased rounds, halving their inputs again.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_ray.cams.cam import (base_batch, class_activation, fuse_flips, multiscale_cam, normalise_per_map,
-                               scaled_batch, select_and_normalise, with_flips)
+from wsss_ray.cams.cam import (ScalePyramid, base_batch, class_activation, fuse_flips, multiscale_cam,
+                               normalise_per_map, scaled_batch, select_and_normalise)
 from wsss_ray.config import InferCamConfig  # noqa: F401  (typed configs live in config.py)
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in image pixels
@@ -103,8 +109,10 @@ def centre_of_mass(cam: torch.Tensor) -> tuple[float, float]:
 
 def grid_to_image(point: tuple[float, float], grid_size: tuple[int, int],
                   image_size: tuple[int, int]) -> tuple[int, int]:
-    """Nearest image pixel to a point on a grid spanning the image (pixel centres aligned)."""
-    return tuple(min(max(round((p + 0.5) * n / g - 0.5), 0), n - 1)
+    """The image pixel holding a point on a grid spanning the image (pixel centres aligned): the
+    point in image coordinates, truncated as the authors' ``int(center_of_mass)`` (on a
+    full-resolution grid the point itself, truncated)."""
+    return tuple(min(max(math.floor((p + 0.5) * n / g - 0.5), 0), n - 1)
                  for p, g, n in zip(point, grid_size, image_size))
 
 
@@ -113,16 +121,17 @@ def split_boxes(centres: Sequence[tuple[int, int]], height: int, width: int,
     """Four overlapping patches (top-left, top-right, bottom-left, bottom-right).
 
     The split lines are the sides of the rectangle spanned by ``centres`` (one centre: a point);
-    every patch contains that rectangle plus ``buffer`` px around it (an int, or (vertical,
-    horizontal)), so neighbouring patches overlap by ``2 * buffer + 1`` px plus the rectangle.
+    every patch reaches ``buffer`` px (an int, or (vertical, horizontal)) past the rectangle:
+    ``buffer`` px before its far side, ``buffer - 1`` after it (the authors' ``img[0:c + b]`` and
+    ``img[c - b:]``), so neighbouring patches overlap by ``2 * buffer`` px plus the rectangle.
     Borders clamp to the image.
     """
     by, bx = (buffer, buffer) if isinstance(buffer, int) else buffer
     ys = [min(max(int(c[0]), 0), height - 1) for c in centres]
     xs = [min(max(int(c[1]), 0), width - 1) for c in centres]
-    top_end = min(max(ys) + by + 1, height)
+    top_end = min(max(max(ys) + by, 1), height)
     bottom_start = max(min(ys) - by, 0)
-    left_end = min(max(xs) + bx + 1, width)
+    left_end = min(max(max(xs) + bx, 1), width)
     right_start = max(min(xs) - bx, 0)
     return [(0, top_end, 0, left_end), (0, top_end, right_start, width),
             (bottom_start, height, 0, left_end), (bottom_start, height, right_start, width)]
@@ -196,22 +205,92 @@ def build_inputs(images: torch.Tensor, fill: torch.Tensor, owners: Sequence[int]
     return out
 
 
-def fused_cams(features_fn: FeaturesFn, weight: torch.Tensor, inputs: torch.Tensor, flip: bool,
-               max_batch: int) -> torch.Tensor:
-    """ReLU CAM of all classes, flip pair fused, in chunks of ``max_batch`` inputs: (U,C,h,w)."""
-    parts = [fuse_flips(torch.relu(class_activation(features_fn(with_flips(chunk, flip)), weight)), flip)
-             for chunk in inputs.split(max_batch)]
+def fused_cams(features_fn: FeaturesFn, weight: torch.Tensor, inputs: torch.Tensor,
+               flipped: torch.Tensor | None, max_batch: int) -> torch.Tensor:
+    """ReLU CAM of all classes, each input's map plus its flipped input's map flipped back (none:
+    no flip), in chunks of ``max_batch`` inputs: (U,C,h,w)."""
+    parts = []
+    for lo in range(0, inputs.shape[0], max_batch):
+        chunk = inputs[lo:lo + max_batch]
+        both = chunk if flipped is None else torch.cat([chunk, flipped[lo:lo + max_batch]])
+        parts.append(fuse_flips(torch.relu(class_activation(features_fn(both), weight)), flipped is not None))
     return torch.cat(parts)
 
 
-def canvas_cams(features_fn: FeaturesFn, weight: torch.Tensor, inputs: torch.Tensor, owner: torch.Tensor,
-                cls: torch.Tensor, scales, flip: bool, max_batch: int) -> torch.Tensor:
+class PatchPixels:
+    """uint8 patches of a pyramid's images scaled with PIL and normalised as the pyramid's levels
+    (as the authors' data loader scales their patch files), pasted at the top-left of a
+    fill-coloured canvas of the scaled canvas size; cached per (image, patch, scale)."""
+
+    def __init__(self, images: ScalePyramid):
+        self.pixels, self.mean, self.std = images.pixels, images.mean, images.std
+        self.device, self.dtype = images.device, images.base.dtype
+        self.cache: dict = {}
+
+    def patch(self, image: int, box: Box, scale: float) -> torch.Tensor:
+        key = (image, box, scale)
+        if key not in self.cache:
+            from wsss_ray.data.augment import normalise_image, scale_image
+            y0, y1, x0, x1 = box
+            crop = np.ascontiguousarray(self.pixels[image, y0:y1, x0:x1])
+            x = normalise_image(scale_image(crop, scale), self.mean, self.std)
+            self.cache[key] = torch.from_numpy(x).to(self.device, self.dtype)
+        return self.cache[key]
+
+    def canvas(self, sources, fill: torch.Tensor, size: tuple[int, int], scale: float) -> torch.Tensor:
+        h, w = size if scale == 1.0 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        out = fill[[i for i, _ in sources]][:, :, None, None].expand(-1, -1, h, w).clone()
+        for u, (i, box) in enumerate(sources):
+            x = self.patch(i, box, scale)[:, :h, :w]
+            out[u, :, :x.shape[1], :x.shape[2]] = x
+        return out
+
+
+class Views:
+    """One round's network inputs at each scale: [views, flipped views] (the second None without
+    flip). Call it with the scales in their order: the authors' mask chain follows that order.
+
+    Un-erased canvases (and every canvas with ``erase_views="scaled"``) are scaled as the CAM pass
+    scales images: PIL from the uint8 patch where the pyramid carries its pixels, else torch.
+    ``erase_views="patch"``: the erased scale-1 canvas is resized (torch) and flipped, so every view
+    hides the same physical pixels. ``"scaled"`` (the authors' code): each scaled view is erased
+    with the mask nearest-resized from the previous view's (their chained ``F.interpolate``), the
+    flipped view with the same, unflipped mask; hidden pixels get the view's own mean colour.
+    """
+
+    def __init__(self, pixels: PatchPixels | None, canvases: torch.Tensor, plain: torch.Tensor,
+                 hidden: torch.Tensor | None, sources, fill: torch.Tensor, flip: bool, cfg: InferCamConfig):
+        self.pixels, self.canvases, self.plain, self.hidden = pixels, canvases, plain, hidden
+        self.sources, self.fill, self.flip, self.cfg = sources, fill, flip, cfg
+        self.keep = None if hidden is None else (~hidden)[:, None].to(plain.dtype)
+
+    def scaled_plain(self, scale: float) -> torch.Tensor:
+        if self.pixels is None:
+            return scaled_batch(self.plain, scale)
+        return self.pixels.canvas(self.sources, self.fill, tuple(self.plain.shape[-2:]), scale)
+
+    def __call__(self, scale: float):
+        if self.hidden is None:
+            x = self.scaled_plain(scale)
+        elif self.cfg.erase_views == "patch":
+            x = scaled_batch(self.canvases, scale)
+        else:
+            x = self.scaled_plain(scale)
+            self.keep = F.interpolate(self.keep, size=tuple(x.shape[-2:]))      # nearest, chained
+            keep = self.keep > 0.5
+            colour = x.mean((2, 3))[:, :, None, None]
+            flipped = torch.where(keep, x.flip(-1), colour) if self.flip else None
+            return torch.where(keep, x, colour), flipped
+        return x, (x.flip(-1) if self.flip else None)
+
+
+def canvas_cams(features_fn: FeaturesFn, weight: torch.Tensor, views: Views, size: tuple[int, int],
+                owner: torch.Tensor, cls: torch.Tensor, scales, max_batch: int) -> torch.Tensor:
     """Multi-scale CAM of class ``cls[m]`` on input ``owner[m]``, summed over scales as CAM does,
     at canvas resolution: (M, Hc, Wc)."""
-    size = tuple(inputs.shape[-2:])
     total = None
     for scale in scales:
-        cams = fused_cams(features_fn, weight, scaled_batch(inputs, scale), flip, max_batch)
+        cams = fused_cams(features_fn, weight, *views(scale), max_batch)
         picked = F.interpolate(cams[owner, cls][:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         total = picked if total is None else total + picked
     return total
@@ -233,16 +312,16 @@ def canvas_size(copies: Sequence[Copy]) -> tuple[int, int]:
 def shared_inputs(images, fill, copies: Sequence[Copy], size, erased: torch.Tensor | None = None):
     """One input per unique (image, patch) for copies that see the same pixels: every round 0,
     and every round when erasing is per patch ("union"). ``erased`` is per copy, (M, *size); the
-    copies of one patch then hold the same mask, so the first one's is used."""
+    copies of one patch then hold the same mask, so the first one's is used. Returns the inputs'
+    (image, box) sources, their masks (None when ``erased`` is) and each copy's input index."""
     first: dict[tuple, int] = {}
     for m, c in enumerate(copies):
         first.setdefault((c.image, c.box), m)
     keys = list(first)
     index = {k: u for u, k in enumerate(keys)}
     hidden = None if erased is None else erased[[first[k] for k in keys]]
-    inputs = build_inputs(images, fill, [k[0] for k in keys], [k[1] for k in keys], size, hidden)
     owner = torch.tensor([index[(c.image, c.box)] for c in copies], device=images.device)
-    return inputs, owner
+    return keys, hidden, owner
 
 
 def size_groups(copies: Sequence[Copy], active: torch.Tensor, bucket_px: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
@@ -265,23 +344,29 @@ def size_groups(copies: Sequence[Copy], active: torch.Tensor, bucket_px: int) ->
 
 def round_maps(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
                copies: Sequence[Copy], group: torch.Tensor, size: tuple[int, int], cls: torch.Tensor,
-               erased: torch.Tensor | None, scales, flip: bool, cfg: InferCamConfig):
+               erased: torch.Tensor | None, scales, flip: bool, cfg: InferCamConfig,
+               pixels: PatchPixels | None = None):
     """One round's maps of the copies in ``group`` on a ``size`` canvas, max-normalised inside
     each patch, (len(group), *size), and each map's raw peak before that, (len(group),).
-    ``erased`` None is the first, un-erased round."""
+    ``erased`` None is the first, un-erased round; ``pixels``: PIL-scaled patches (else torch)."""
     live = [copies[m] for m in group.tolist()]
     if erased is None or cfg.erase == "union":
-        inputs, owner = shared_inputs(images, fill, live, size, erased)
+        sources, hidden, owner = shared_inputs(images, fill, live, size, erased)
     else:
-        inputs = build_inputs(images, fill, [c.image for c in live], [c.box for c in live], size, erased)
+        sources, hidden = [(c.image, c.box) for c in live], erased
         owner = torch.arange(len(live), device=images.device)
-    maps = canvas_cams(features_fn, weight, inputs, owner, cls[group], scales, flip, cfg.max_batch)
+    owners, boxes = [i for i, _ in sources], [b for _, b in sources]
+    plain = build_inputs(images, fill, owners, boxes, size)
+    canvases = plain if hidden is None else build_inputs(images, fill, owners, boxes, size, hidden)
+    views = Views(pixels, canvases, plain, hidden, sources, fill, flip, cfg)
+    maps = canvas_cams(features_fn, weight, views, size, owner, cls[group], scales, cfg.max_batch)
     maps = maps * box_masks(live, size, images.device)
     return normalise_per_map(maps), maps.flatten(1).amax(1)
 
 
 def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Tensor, fill: torch.Tensor,
-                   copies: Sequence[Copy], scales, flip: bool, cfg: InferCamConfig):
+                   copies: Sequence[Copy], scales, flip: bool, cfg: InferCamConfig,
+                   pixels: PatchPixels | None = None):
     """Hide-and-re-infer every copy: running-max maps (M,Hc,Wc), inferences per copy (M,) and
     each copy's raw first-round peak (M,).
 
@@ -306,7 +391,7 @@ def iterate_copies(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.
         for group, (h, w) in size_groups(copies, active, cfg.bucket_px):
             hidden = None if r == 0 else erased[group, :h, :w]
             maps, peak = round_maps(features_fn, weight, images, fill, copies, group, (h, w), cls, hidden,
-                                    round_scales, round_flip, cfg)
+                                    round_scales, round_flip, cfg, pixels)
             acc[group, :h, :w] = torch.maximum(acc[group, :h, :w], maps)
             if r == 0:
                 peaks[group] = peak
@@ -397,7 +482,8 @@ def infercam_run(features_fn: FeaturesFn, weight: torch.Tensor, images: torch.Te
         if not copies:
             return InferCamRun([pixels.new_zeros(len(cls), *out_size) for cls in classes], [], no_rounds)
         fill = pixels.mean((2, 3))  # each image's mean colour, in normalised space
-        done = iterate_copies(features_fn, weight, pixels, fill, copies, scales, flip, cfg)
+        patches = PatchPixels(images) if isinstance(images, ScalePyramid) and images.pixels is not None else None
+        done = iterate_copies(features_fn, weight, pixels, fill, copies, scales, flip, cfg, patches)
         # "scaled": a patch with little of the object keeps its low activation instead of a peak of 1
         acc = done.maps * done.peaks[:, None, None] if cfg.unite == "scaled" else done.maps
         return InferCamRun(unite(acc, copies, classes, (height, width), out_size), copies, done.rounds)
