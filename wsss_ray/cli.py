@@ -15,6 +15,7 @@ import sys
 from wsss_ray.config import (ALL_METHODS, RECAM_WEIGHTS, AdvCamConfig, CamConfig, InferCamConfig, LPCAMConfig,
                              PipelineConfig, TrainConfig)
 from wsss_ray.config_file import ConfigError, load_config, preset_names, to_yaml
+from wsss_ray.rundir import StaleRunError
 from wsss_ray.stages.pipeline import DEMO_BACKBONES, coco_config, demo_config
 
 # flags that choose the dataset or a method's options: with a config file, -o sets those keys
@@ -35,6 +36,9 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     add_config_args(p)
     p.add_argument("--run-dir", default="", help="local path or URI (file://, s3://, gs://); default: the "
                                                  "config's run_dir (runs/demo without a config)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output too (worker logs, Ray Data progress); default: one line a stage, "
+                        "progress bars, warnings, the results table")
     p.add_argument("--allow-config-change", action="store_true",
                    help="rerun a run directory whose recorded config differs (the map stages still refuse "
                         "maps made with other options)")
@@ -46,7 +50,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--split", default="train", help="COCO split(s), e.g. train, val2014, train+val")
     p.add_argument("--class-subset", default="", choices=["", "voc20"], help="score COCO on the 20 VOC classes")
     p.add_argument("--protocol", default="coco", choices=["coco", "reference"],
-                   help="reference = ../shared/REFERENCE_RESULTS.md protocol")
+                   help="reference = the reference protocol (docs/RESULTS.md; configs/coco_reference.yaml)")
     p.add_argument("--input-norm", default="", choices=["", "native", "imagenet_raw"],
                    help="EfficientNet input scaling (see ModelConfig.input_norm)")
     p.add_argument("--limit", type=int, default=0, help="keep the first N images")
@@ -170,7 +174,10 @@ def operational_flags(cfg: PipelineConfig, args) -> PipelineConfig:
                                use_gpu_refine=cfg.use_gpu_refine or args.gpu)
 
 
-def run_command(cfg: PipelineConfig, allow_config_change: bool = False) -> int:
+def run_command(cfg: PipelineConfig, allow_config_change: bool = False, loud: bool = False) -> int:
+    import os
+    if loud:
+        os.environ["WSSS_RAY_VERBOSE"] = "1"
     from wsss_ray.stages.pipeline import run_pipeline
     run_pipeline(cfg, allow_config_change=allow_config_change)
     return 0
@@ -180,8 +187,8 @@ def job_main(parser: argparse.ArgumentParser, argv=None) -> int:
     """A job script's body (jobs/lpcam_coco.py): the same flags, config files and exit codes."""
     try:
         args = parser.parse_args(argv)
-        return run_command(config_from_args(args, parser), args.allow_config_change)
-    except ConfigError as e:
+        return run_command(config_from_args(args, parser), args.allow_config_change, args.verbose)
+    except (ConfigError, StaleRunError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
 
@@ -189,7 +196,7 @@ def job_main(parser: argparse.ArgumentParser, argv=None) -> int:
 def main(argv=None) -> int:
     try:
         return dispatch(argv)
-    except ConfigError as e:
+    except (ConfigError, StaleRunError) as e:
         print(f"wsss-ray: error: {e}", file=sys.stderr)
         return 2
 
@@ -218,7 +225,7 @@ def dispatch(argv=None) -> int:
     if args.command == "config":
         print(to_yaml(load_config(args.config_file, tuple(args.override))), end="")
         return 0
-    return run_command(config_from_args(args, run), args.allow_config_change)
+    return run_command(config_from_args(args, run), args.allow_config_change, args.verbose)
 
 
 if __name__ == "__main__":

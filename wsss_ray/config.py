@@ -145,7 +145,7 @@ class LPCAMConfig:
     kmeans_iters: int = 50
     kmeans_redo: int = 1              # best of N seeded k-means runs (faiss nredo); 1 = one run, as the authors
     seed: int = 0
-    fg_only: bool = False             # LPCAM-F
+    fg_only: bool = False             # LPCAM-F in the sweeps; the main job makes LPCAM-F from methods: lpcam_f
     fallback: str = "near_best"       # no centre passes mu_f: "near_best" (authors' COCO) | "best_one"
 
     def __post_init__(self):
@@ -287,6 +287,8 @@ class PipelineConfig:
         unknown = sorted(set(self.methods) - set(ALL_METHODS))
         require(not unknown, f"methods {unknown}: choose from {', '.join(ALL_METHODS)}")
         require(self.refiner in ("", "irn", "crf"), f"refiner {self.refiner!r}: irn, crf or '' (the preset's)")
+        unknown = [m for m in self.segment if m not in self.methods]      # fail before hours of seed work
+        require(not unknown, f"--segment {','.join(unknown)}: not among --methods {','.join(self.methods)}")
 
 
 _NESTED = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "CamConfig": CamConfig,

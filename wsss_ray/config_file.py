@@ -4,7 +4,7 @@ A file holds any part of :class:`~wsss_ray.config.PipelineConfig`, section by se
 (``dataset:``, ``model:``, ``train:``, ``cam:``, ``lpcam:``, ...); what it leaves out keeps the
 dataclasses' defaults, or those of the file named by ``base:`` (a path relative to the file, or
 the name of a shipped preset under ``configs/``). ``-o KEY=VALUE`` sets one dotted key, its value
-read as YAML (``-o cam.scales=[1.0,0.5]``, ``-o lpcam.fg_only=true``). Every key, type and
+read as YAML (``-o cam.scales=[1.0,0.5]``, ``-o lpcam.fallback=best_one``). Every key, type and
 range is checked before any work: a mistake raises :class:`ConfigError`, which the command line
 turns into exit code 2 with the key named and the valid ones listed.
 """

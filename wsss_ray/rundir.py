@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from wsss_ray.store import join_uri, open_fs, uri_exists, write_bytes_atomic
 
 
+class StaleRunError(ValueError):
+    """A run directory holding outputs made with other options: a mix would be silently wrong,
+    so the job stops (the command line prints it in one line, exit code 2)."""
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: str

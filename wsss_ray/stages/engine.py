@@ -30,6 +30,7 @@ import torch
 from wsss_ray.cams.training import poly_lr
 from wsss_ray.models.checkpoint import keep_epoch, latest_epoch, restore_epoch, save_epoch
 from wsss_ray.rundir import RunDir
+from wsss_ray.stages.progress import watched
 from wsss_ray.store import join_uri, open_fs
 
 
@@ -189,8 +190,26 @@ def train_loop_per_worker(config: dict) -> None:
                    "steps_done": min((epoch + 1) * schedule.steps_per_epoch, schedule.total_steps),
                    "images_per_second": images * world / max(seconds, 1e-9),
                    "data_wait_share": waited / max(seconds, 1e-9), **{f"last_{k}": v for k, v in parts.items()}}
+        if rank == 0:
+            write_progress(config["epochs_dir"], metrics["steps_done"])
         if (epoch + 1) % max(1, task.checkpoint_every) == 0 or epoch == schedule.epochs - 1:
             report_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, task.keep_epochs, rank)
+
+
+PROGRESS_FILE = "progress.json"      # beside the epoch-NNN directories: steps done, for the driver's bar
+
+
+def write_progress(epochs_dir: str, steps_done: int) -> None:
+    from wsss_ray.store import write_bytes_atomic
+    fs, path = open_fs(epochs_dir)
+    fs.create_dir(path, recursive=True)
+    write_bytes_atomic(fs, f"{path}/{PROGRESS_FILE}", json.dumps({"steps_done": steps_done}).encode())
+
+
+def read_progress(epochs_dir: str) -> int:
+    fs, path = open_fs(join_uri(epochs_dir, PROGRESS_FILE))
+    with fs.open_input_stream(path) as f:
+        return int(json.loads(f.read().decode())["steps_done"])
 
 
 def report_epoch(epochs_dir: str, model, optimizer, epoch: int, metrics: dict, keep: int, rank: int) -> None:
@@ -258,7 +277,8 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
         scaling_config=ray.train.ScalingConfig(num_workers=task.num_workers, use_gpu=task.use_gpu,
                                                resources_per_worker={"CPU": 1}),
         run_config=train_run_config(run, task.name, max_failures))
-    result = trainer.fit()
+    with watched(f"train {task.name}", schedule.total_steps, lambda: read_progress(epochs_dir), unit="step"):
+        result = trainer.fit()
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = time.perf_counter() - start
     task.save(latest_epoch(epochs_dir), out_dir, {"train_metrics": metrics, "images": len(items)})

@@ -22,8 +22,9 @@ from wsss_ray.cams.registry import TAKES_BASELINES, build_map_fn
 from wsss_ray.config import CamConfig, LPCAMConfig
 from wsss_ray.data.manifest import read_manifest
 from wsss_ray.models.checkpoint import load_classifier
-from wsss_ray.rundir import RunDir
+from wsss_ray.rundir import RunDir, StaleRunError
 from wsss_ray.stages.chunks import chunk_name, pending_chunks, plan_chunks, run_chunked
+from wsss_ray.stages.progress import watched
 from wsss_ray.stages.feature_sampling import FEATURE_CHUNK, FeatureSampler, has_samples, with_sample_classes
 from wsss_ray.store import MAPS_SCHEMA, decode_maps, join_uri, map_row, open_fs, read_map_rows, write_table_atomic
 
@@ -183,9 +184,11 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
     factory = _Factory(MapProcessor, checkpoint=checkpoint, kind=kind, params=params or {}, cam_cfg=cam_cfg,
                        output_dir=output_dir, prototypes_path=prototypes_path,
                        baseline_dir=run.uri("maps", baseline) if baseline else "", **sampling)
-    stats = run_chunked(todo, factory, run.uri("errors", f"maps_{name}"), f"maps_{name}",
-                        num_actors=cam_cfg.num_actors, actor_cpus=cam_cfg.actor_cpus, use_gpu=cam_cfg.use_gpu,
-                        max_side=cam_cfg.max_side, strict=strict)
+    sizes = {chunk_name(c["chunk_id"]): len(json.loads(c["rows_json"])) for c in chunks}
+    with watched(f"maps {name}", manifest.num_rows, lambda: images_done(sizes, output_dir)):
+        stats = run_chunked(todo, factory, run.uri("errors", f"maps_{name}"), f"maps_{name}",
+                            num_actors=cam_cfg.num_actors, actor_cpus=cam_cfg.actor_cpus, use_gpu=cam_cfg.use_gpu,
+                            max_side=cam_cfg.max_side, strict=strict)
     out = {"name": name, "chunks_total": len(chunks), "chunks_run": len(todo),
            "images": int(sum(s["num_images"] for s in stats)),
            "errors": int(sum(s["num_errors"] for s in stats)),
@@ -195,6 +198,14 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
     if kind in TAKES_BASELINES:
         out["baseline"] = baseline or "inferred"
     return out
+
+
+def images_done(sizes: dict[str, int], output_dir: str) -> int:
+    """Images of the chunks whose shard is written (the progress bar's count); ``sizes``: shard
+    name -> images in its chunk."""
+    from wsss_ray.store import list_shards
+    fs, path = open_fs(output_dir)
+    return sum(sizes.get(shard.rsplit("/", 1)[1], 0) for shard in list_shards(fs, path))
 
 
 # what a CAM directory's values depend on that a baseline inferred again would also depend on
@@ -249,7 +260,7 @@ def claim_output(run: RunDir, output_dir: str, recipe: dict) -> None:
     old = run.read_json(path)
     if old != recipe:
         changed = {k: (old.get(k), recipe.get(k)) for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k)}
-        raise ValueError(f"{output_dir} holds maps made with another recipe (was, now): {changed}. "
+        raise StaleRunError(f"{output_dir} holds maps made with another recipe (was, now): {changed}. "
                          f"Use another run directory, or delete {output_dir} to recompute it.")
 
 

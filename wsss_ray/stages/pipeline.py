@@ -49,7 +49,7 @@ def demo_config(run_dir: str, quick: bool = False, methods=("cam", "lpcam", "lpc
 
 def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str = "", limit: int = 0,
                 protocol: str = "coco", methods=("cam", "lpcam", "lpcam_f")) -> PipelineConfig:
-    """COCO 2014/2017. ``protocol="reference"`` is ../shared/REFERENCE_RESULTS.md's: frozen
+    """COCO 2014/2017. ``protocol="reference"`` is the reference protocol (docs/RESULTS.md): frozen
     ImageNet EfficientNet-Lite0 + linear head, Adam, 448 px, VOC-style LPCAM knobs."""
     dataset = DatasetConfig(kind="coco", root=root, split=split, class_subset=class_subset, limit=limit)
     if protocol == "reference":
@@ -71,7 +71,7 @@ def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str
                                 min_steps=2600 if protocol == "reference" else 0,
                                 checkpoint_every=25 if protocol == "reference" else 1,
                                 cached_features=protocol == "reference")
-    # the reference grid is 0.05 .. 0.60 (REFERENCE_RESULTS.md); keep it for comparable best thresholds
+    # the reference grid is 0.05 .. 0.60; keep it for comparable best thresholds
     grid = EvalConfig(thresholds=tuple(round(0.05 * i, 2) for i in range(1, 13))) if protocol == "reference" else EvalConfig()
     return PipelineConfig(run_dir=run_dir, dataset=dataset, model=model, train=train, recam_train=recam,
                           cam=CamConfig(batch_size=4, max_side=448, num_actors=2, actor_cpus=1.0),
@@ -148,7 +148,9 @@ def check_gpus(cfg: PipelineConfig) -> None:
     """A GPU asked for where the cluster declares none stops here, not in a pending actor."""
     from wsss_ray.config_file import ConfigError
     from wsss_ray.stages.session import cluster_gpus
-    wanted = [name for name, on in (("train.use_gpu", cfg.train.use_gpu), ("cam.use_gpu", cfg.cam.use_gpu)) if on]
+    asked = (("train.use_gpu", cfg.train.use_gpu), ("recam_train.use_gpu", cfg.recam_train.use_gpu and "recam" in cfg.methods),
+             ("cam.use_gpu", cfg.cam.use_gpu), ("use_gpu_refine", cfg.use_gpu_refine and bool(cfg.segment)))
+    wanted = [name for name, on in asked if on]
     if wanted and cluster_gpus() == 0:
         raise ConfigError(f"{', '.join(wanted)}: the Ray cluster has no GPU; drop --gpu (torch runs on the CPUs) "
                           f"or start the cluster on nodes that declare GPUs")
@@ -161,9 +163,6 @@ def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict
     from wsss_ray.stages.session import ensure_ray
     from wsss_ray.stages.train import train_classifier
 
-    unknown = [m for m in cfg.segment if m not in cfg.methods]
-    if unknown:          # fail before hours of seed work, not after
-        raise ValueError(f"--segment {','.join(unknown)}: not among --methods {','.join(cfg.methods)}")
     check_inputs(cfg)
     run = RunDir(cfg.run_dir)
     try:
@@ -236,7 +235,18 @@ def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict
     print(table, flush=True)
     if cfg.segment:
         print(segmentation_table(summary["segmentation"]), flush=True)
+    log(f"artifacts in {cfg.run_dir}: eval/summary.md, eval/*.json, maps/<method>/ (Parquet); "
+        f"Ray's logs in {ray_logs_dir()}")
     return summary
+
+
+def ray_logs_dir() -> str:
+    """Where this Ray session keeps its workers' logs (not shown on the console by default)."""
+    import ray
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:           # a private API: name the default location when it moves
+        return "/tmp/ray/session_latest/logs"
 
 
 # IRN needs a boundary head learnt from thousands of real images; on the small demo worlds

@@ -182,7 +182,7 @@ class ClassifierTask(TrainTask):
         return probe_batches(probe, schedule.num_items, schedule, self.seed, rank, world, start_epoch, self.num_classes)
 
     def loss(self, model, batch, world, device):
-        x, y = torch.as_tensor(batch["x"]), torch.as_tensor(batch["y"])
+        x, y = torch.tensor(batch["x"]), torch.tensor(batch["y"])     # a copy: Ray's batches are read-only
         return classifier_loss(model, x.to(device), y.to(device), self.train, world,
                                from_features=bool(batch.get("from_features", False)))
 
