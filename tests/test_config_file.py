@@ -163,3 +163,26 @@ def test_config_is_plain_data():
     cfg = load_config("coco_reference", ("dataset.root=/data",))
     assert yaml.safe_load(to_yaml(cfg))["lpcam"]["k"] == 12
     assert isinstance(cfg, PipelineConfig) and dataclasses.is_dataclass(cfg.lpcam)
+
+
+def test_sweep_spaces_are_dotted_keys_checked_like_overrides():
+    from wsss_ray.config_file import parse_space
+    assert parse_space(("lpcam.tau=[0.1,0.25]", "lpcam.mu_f=0.5..0.97", "lpcam.k=[8, 12]")) == \
+        ("lpcam", {"tau": [0.1, 0.25], "mu_f": (0.5, 0.97), "k": [8, 12]})
+    assert parse_space(("recam_train.lr_fc2=[1e-3, 5e-4]",)) == ("recam_train", {"lr_fc2": [0.001, 0.0005]})
+    for bad, says in [(("lpcam.tau=[x]",), "lpcam.tau='x': expected float"),
+                      (("cam.scales=[1]",), "'cam.scales' cannot be swept; sweepable keys: lpcam.tau"),
+                      (("lpcam.tau=[0.1]", "recam_train.lr_fc2=[0.001]"), "one sweep varies one stage"),
+                      (("lpcam.k=5..3",), "a range needs lo < hi"), (("lpcam.tau=[-1]",), "lpcam.tau -1: > 0"),
+                      ((), "a sweep needs a space")]:
+        with pytest.raises(ConfigError, match=says):
+            parse_space(bad)
+
+
+def test_sweep_space_from_a_file_and_grid_needs_lists(tmp_path, capsys):
+    from wsss_ray.config_file import parse_space
+    space = tmp_path / "space.yaml"
+    space.write_text("lpcam.tau: [0.1, 0.2]\nlpcam.mu_f: 0.6..0.9\n")
+    assert parse_space((), str(space)) == ("lpcam", {"tau": [0.1, 0.2], "mu_f": (0.6, 0.9)})
+    assert cli.main(["sweep", "--run-dir", str(tmp_path), "--space-file", str(space)]) == 2
+    assert "a grid search takes lists of values" in capsys.readouterr().err

@@ -117,6 +117,16 @@ def test_lpcam_sweep_two_trials(sweep_run):
     assert worst <= 1 / 255 + 1e-6
 
 
+def test_sweep_from_the_command_line_on_dotted_keys(sweep_run):
+    from wsss_ray import cli
+    run_dir, cfg = sweep_run
+    assert cli.main(["sweep", "--run-dir", run_dir, "-s", "lpcam.tau=[0.1,0.2]", "-s", "lpcam.k=[4]",
+                     "--name", "dotted"]) == 0
+    rows = pd.read_csv(Path(run_dir, "sweeps", "dotted", "results.csv"))
+    assert sorted(rows["tau"]) == [0.1, 0.2] and set(rows["k"]) == {4} and rows["complete"].all()
+    assert set(rows["mu_f"]) == {cfg.lpcam.mu_f}            # a knob the space leaves out: the run's own
+
+
 # ----------------------------------------------------------------------------- fair evaluation
 
 def test_evaluate_fair_writes_both_protocols(sweep_run):

@@ -183,6 +183,30 @@ def run_command(cfg: PipelineConfig, allow_config_change: bool = False, loud: bo
     return 0
 
 
+def sweep_command(args) -> int:
+    """``wsss-ray sweep``: the space's section picks the sweep (lpcam.* or recam_train.*)."""
+    import json
+
+    from wsss_ray.config_file import parse_space
+    section, space = parse_space(tuple(args.space), args.space_file)
+    if args.search == "grid" and any(not isinstance(v, list) for v in space.values()):
+        raise ConfigError("a grid search takes lists of values (-s lpcam.tau=[0.1,0.25]); ranges need "
+                          "--search random or optuna")
+    from wsss_ray.stages.sweep import run_lpcam_sweep, run_recam_sweep, start_ray
+    start_ray(args.dashboard)
+    if section == "lpcam":
+        summary = run_lpcam_sweep(args.run_dir, args.num_samples, args.search, args.scheduler,
+                                  args.name or f"lpcam_{args.search}", space=space)
+    else:
+        if args.search == "optuna":
+            raise ConfigError("ReCAM sweeps search grid (lists) or random; optuna is for LPCAM sweeps")
+        summary = run_recam_sweep(args.run_dir, args.num_samples, args.name or "recam", space=space,
+                                  grid=args.search == "grid")
+    print(json.dumps({k: summary.get(k) for k in ("trials", "complete", "papers_protocol", "fair")},
+                     indent=1, default=str))
+    return 0
+
+
 def job_main(parser: argparse.ArgumentParser, argv=None) -> int:
     """A job script's body (jobs/lpcam_coco.py): the same flags, config files and exit codes."""
     try:
@@ -213,6 +237,17 @@ def dispatch(argv=None) -> int:
     show = config.add_parser("show", help="print the resolved config as YAML (it loads back to the same config)")
     show.add_argument("config_file", metavar="CONFIG")
     add_config_args(show)
+    sweep = sub.add_parser("sweep", help="Ray Tune over a finished run: LPCAM post-processing or ReCAM training")
+    sweep.add_argument("--run-dir", required=True, help="a finished run (with checkpoints/cam and maps/cam)")
+    sweep.add_argument("-s", "--space", action="append", default=[], metavar="KEY=VALUES",
+                       help="a dotted key and its values: a list (-s lpcam.tau=[0.1,0.25]) or a range for "
+                            "random/optuna (-s lpcam.mu_f=0.5..0.97); repeatable")
+    sweep.add_argument("--space-file", default="", help="YAML mapping of dotted keys to values (lists or 'lo..hi')")
+    sweep.add_argument("--search", default="grid", choices=["grid", "random", "optuna"])
+    sweep.add_argument("--num-samples", type=int, default=8, help="trials of random/optuna search")
+    sweep.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="LPCAM sweeps")
+    sweep.add_argument("--name", default="", help="sweep name: <run-dir>/sweeps/<name>/")
+    sweep.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on http://127.0.0.1:8265")
     world = sub.add_parser("demo-world", help="render the demo world to a folder")
     world.add_argument("out_dir")
     world.add_argument("--size", default="full", choices=["full", "quick"])
@@ -222,6 +257,8 @@ def dispatch(argv=None) -> int:
         rows, _, _ = build_demo_manifest(args.out_dir, args.size)
         print(f"{len(rows)} images in {args.out_dir}")
         return 0
+    if args.command == "sweep":
+        return sweep_command(args)
     if args.command == "config":
         print(to_yaml(load_config(args.config_file, tuple(args.override))), end="")
         return 0

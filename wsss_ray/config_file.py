@@ -11,6 +11,7 @@ turns into exit code 2 with the key named and the valid ones listed.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,19 @@ def checked(cls, data: dict, where: str = "") -> dict:
             value = checked(_NESTED[kind], value, name + ".")
         elif kind == "tuple" and isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif kind == "float" and isinstance(value, str):
+            value = as_float(name, value)     # YAML reads 1e-3 (no dot) as a string
         elif kind in SCALARS and (not isinstance(value, SCALARS[kind]) or (kind != "bool" and isinstance(value, bool))):
             raise ConfigError(f"{name}={value!r}: expected {kind}, got {type(value).__name__}")
         out[key] = value
     return out
+
+
+def as_float(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected float, got str") from None
 
 
 def build(data: dict) -> PipelineConfig:
@@ -172,3 +182,60 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif _plain(a) != _plain(b):
             out.append(f"{prefix}{key}")
     return out
+
+
+# What a sweep can vary without a new classifier: LPCAM's post-processing (one feature pass, then
+# prototypes and maps per trial) and ReCAM's training (one TorchTrainer per trial).
+SWEEPABLE = {"lpcam": ("tau", "k", "mu_f", "mu_b_low", "mu_b_high"), "recam_train": ("recam_lambda", "lr_fc2")}
+
+
+def parse_space(texts: tuple[str, ...] = (), path: str = "") -> tuple[str, dict]:
+    """``("lpcam.tau=[0.1,0.25]", "lpcam.mu_f=0.5..0.97")`` (and/or a YAML file of such dotted
+    keys) -> ``("lpcam", {"tau": [0.1, 0.25], "mu_f": (0.5, 0.97)})``: a list is a choice (a grid's
+    values), ``lo..hi`` a range for random or optuna search. All keys of one section; each value
+    checked against the field it sweeps."""
+    items = []
+    if path:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a sweep space is a mapping of dotted keys to values")
+        items += [(str(k), v) for k, v in data.items()]
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ConfigError(f"sweep space {text!r} is not KEY=VALUES (e.g. lpcam.tau=[0.1,0.25] or lpcam.mu_f=0.5..0.9)")
+        items.append((key.strip(), value.strip()))
+    if not items:
+        raise ConfigError("a sweep needs a space: -s lpcam.tau=[0.1,0.25] (or --space-file FILE)")
+    space, sections = {}, set()
+    for key, value in items:
+        section, _, knob = key.partition(".")
+        if knob not in SWEEPABLE.get(section, ()):
+            valid = ", ".join(f"{s}.{k}" for s, knobs in SWEEPABLE.items() for k in knobs)
+            raise ConfigError(f"{key!r} cannot be swept; sweepable keys: {valid}")
+        sections.add(section)
+        space[knob] = sweep_values(key, value)
+    if len(sections) > 1:
+        raise ConfigError(f"one sweep varies one stage: {', '.join(sorted(sections))} are separate sweeps")
+    return sections.pop(), space
+
+
+def sweep_values(key: str, value):
+    """A list of values (typed by the field) or a (lo, hi) range."""
+    if isinstance(value, str) and ".." in value:
+        lo, _, hi = value.partition("..")
+        bounds = tuple(parse_scalar(key, v) for v in (lo, hi))
+        if not bounds[0] < bounds[1]:
+            raise ConfigError(f"{key}={value}: a range needs lo < hi")
+        return bounds
+    values = yaml.safe_load(value) if isinstance(value, str) else value
+    values = values if isinstance(values, list) else [values]
+    return [parse_scalar(key, v) for v in values]
+
+
+def parse_scalar(key: str, value):
+    """One value of a swept key, checked by loading it into the config as an override."""
+    value = yaml.safe_load(value) if isinstance(value, str) else value
+    section, _, knob = key.partition(".")
+    cfg = load_config(None, (f"{key}={json.dumps(value)}",))
+    return getattr(getattr(cfg, section), knob)

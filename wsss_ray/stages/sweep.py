@@ -80,15 +80,19 @@ RANDOM_SPACE = {"tau": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4], "k": [4, 6, 8, 12
 GRID_SPACE = {"tau": [0.1, 0.25], "k": [8, 12], "mu_f": [0.8, 0.9], "mu_b_low": [0.05], "mu_b_high": [0.5, 0.9]}
 
 
-def search_space(kind: str, base: dict, grid: dict | None = None) -> dict:
+def search_space(kind: str, base: dict, grid: dict | None = None, space: dict | None = None) -> dict:
     """tau and K are discrete (trials that share them share the clustering); the mu are
-    continuous ranges for random / optuna, lists for grid. A knob a grid leaves out stays
-    at the run's own value."""
+    continuous ranges for random / optuna, lists for grid. A knob a grid (or a given ``space``:
+    knob -> list or (lo, hi)) leaves out stays at the run's own value."""
     from ray import tune
     if kind == "grid":
-        values = {k: [base[k]] for k in KNOBS} | (grid or GRID_SPACE)
+        values = {k: [base[k]] for k in KNOBS} | (grid or space or GRID_SPACE)
+        if any(not isinstance(v, list) for v in values.values()):
+            raise ValueError(f"a grid takes lists of values, not ranges: {values}")
         return {k: tune.grid_search(list(v)) for k, v in values.items()}
-    return {k: tune.choice(v) if isinstance(v, list) else tune.uniform(*v) for k, v in RANDOM_SPACE.items()}
+    chosen = RANDOM_SPACE if space is None else {k: space.get(k, base[k]) for k in KNOBS}
+    return {k: (tune.choice(v) if isinstance(v, list) else tune.uniform(*v) if isinstance(v, tuple) else v)
+            for k, v in chosen.items()}
 
 
 def make_search(kind: str, metric: str, seed: int, baseline: dict | None, max_concurrent: int):
@@ -163,8 +167,9 @@ def lpcam_trial_context(run: RunDir, cfg: dict, cache: dict, reports: int, seed:
 def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random", scheduler: str = "asha",
                     name: str = "", cpus_per_trial: float = 0.5, max_concurrent: int = 2, reports: int = 8,
                     seed: int = 0, selection_fraction: float = 0.5, metric: str = "miou", baseline: bool = True,
-                    grid: dict | None = None, fused_dtype: str = "float16") -> dict:
-    """LPCAM post-processing sweep over ``KNOBS`` on a finished run's cached artifacts."""
+                    grid: dict | None = None, fused_dtype: str = "float16", space: dict | None = None) -> dict:
+    """LPCAM post-processing sweep over ``KNOBS`` on a finished run's cached artifacts; ``space``
+    (knob -> list or (lo, hi)) replaces the built-in one."""
     from ray import tune
     run, cfg, start = RunDir(run_dir), run_config(RunDir(run_dir)), time.perf_counter()
     name = name or f"lpcam_{search}_{scheduler}"
@@ -176,7 +181,7 @@ def run_lpcam_sweep(run_dir: str, num_samples: int = 20, search: str = "random",
     first = base if baseline and search != "grid" else None
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(lpcam_trial, ctx=ctx), {"cpu": cpus_per_trial}),
-        param_space=search_space(search, base, grid),
+        param_space=search_space(search, base, grid, space),
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=1 if search == "grid" else num_samples,
                                     search_alg=make_search(search, metric, seed, first, max_concurrent),
                                     scheduler=make_scheduler(scheduler, -(-len(ctx["masks"]) // ctx["report_every"]))),
@@ -217,8 +222,10 @@ RECAM_SPACE = {"recam_lambda": [0.05, 0.1, 0.3, 1.0, 3.0], "lr_fc2": (1e-4, 5e-3
 
 def run_recam_sweep(run_dir: str, num_samples: int = 4, name: str = "recam", epochs: int = 0,
                     num_workers: int = 0, cpus_per_trial: float = 0.5, max_concurrent: int = 1,
-                    seed: int = 0, selection_fraction: float = 0.5, space: dict | None = None) -> dict:
-    """ReCAM training sweep: one TorchTrainer per trial, maps and checkpoints in the run dir."""
+                    seed: int = 0, selection_fraction: float = 0.5, space: dict | None = None,
+                    grid: bool = False) -> dict:
+    """ReCAM training sweep: one TorchTrainer per trial, maps and checkpoints in the run dir;
+    ``grid``: every combination of the space's lists once (``num_samples`` ignored)."""
     from ray import tune
     run = RunDir(run_dir)
     overrides = {k: v for k, v in {"epochs": epochs, "num_workers": num_workers}.items() if v}
@@ -227,14 +234,17 @@ def run_recam_sweep(run_dir: str, num_samples: int = 4, name: str = "recam", epo
     ctx = {"run_dir": absolute_root(run), "train_overrides": overrides,
            "selection": selection}
     space = space or RECAM_SPACE
-    param_space = {k: tune.choice(v) if isinstance(v, list) else tune.loguniform(*v) for k, v in space.items()}
+    sample = tune.grid_search if grid else tune.choice
+    param_space = {k: sample(v) if isinstance(v, list) else tune.loguniform(*v) for k, v in space.items()}
+    trained = run_config(run)["recam_train"]        # a knob the space leaves out: the run's own value
+    param_space = {k: param_space.get(k, getattr(trained, k)) for k in RECAM_SPACE}
     # the trial function only waits on its trainer, whose workers hold their own CPUs
     trainable = tune.with_resources(tune.with_parameters(recam_trial, ctx=ctx), {"cpu": cpus_per_trial})
     tuner = tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric="miou", mode="max", num_samples=num_samples,
+        tune_config=tune.TuneConfig(metric="miou", mode="max", num_samples=1 if grid else num_samples,
                                     max_concurrent_trials=max_concurrent,
-                                    search_alg=make_search("random", "miou", seed, None, max_concurrent)),
+                                    search_alg=None if grid else make_search("random", "miou", seed, None, max_concurrent)),
         run_config=tune.RunConfig(name=name, **run.ray_storage("sweeps"), verbose=1,
                                   callbacks=logger_callbacks(storage_root(run), name)))
     start = time.perf_counter()
