@@ -442,8 +442,8 @@ def test_advcam_climbing_matches_authors(real):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-# InferCamConfig values that are the authors' code (bucket_px=1: every patch inferred at its own size)
-INFERCAM_AUTHORS = dict(erase="union", three_plus="none", erase_views="scaled", bucket_px=1)
+# InferCamConfig's defaults are the authors' code (erase="union", three_plus="none",
+# erase_views="scaled", bucket_px=1: every patch inferred at its own size): no options needed
 INFERCAM_CASES = [(0, [2]), (1, [1, 3]), (0, [0, 1, 3])]
 
 
@@ -460,19 +460,20 @@ def test_infercam_matches_authors_infer_cam(real, index, label):
     """
     net, images = real
     img = np.ascontiguousarray(images[index][:161, :221])
-    got = InferCam(model_of(net), stride=1, **INFERCAM_AUTHORS)([img], [label])[0]
+    got = InferCam(model_of(net), stride=1)([img], [label])[0]
     with torch.no_grad():
         want = authors_infercam(net, img, label).numpy()
     assert got.shape == want.shape == (len(label), *img.shape[:2])
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_infercam_default_patch_erasing_is_a_measurable_departure(real):
-    # erase_views="patch" (the default) erases the scale-1 patch and then scales and flips it;
-    # the authors erase each scaled input with a chained nearest mask, unflipped on flipped inputs
+def test_infercam_patch_erasing_is_a_measurable_departure(real):
+    # erase_views="patch" (an option) erases the scale-1 patch and then scales and flips it; the
+    # authors (the default, "scaled") erase each scaled input with a chained nearest mask,
+    # unflipped on flipped inputs
     net, images = real
     img = np.ascontiguousarray(images[0][:161, :221])
-    got = InferCam(model_of(net), stride=1, **dict(INFERCAM_AUTHORS, erase_views="patch"))([img], [[2]])[0]
+    got = InferCam(model_of(net), stride=1, erase_views="patch")([img], [[2]])[0]
     with torch.no_grad():
         want = authors_infercam(net, img, [2]).numpy()
     assert np.abs(got - want).max() > 0.01

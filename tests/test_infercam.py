@@ -108,6 +108,13 @@ def test_split_three_plus_classes():
         InferCamConfig(erase_views="some")
 
 
+def test_defaults_are_the_authors_code():
+    # split_img.py + infer_cam.py: 3+ classes unsplit, one erase mask per patch over the image's
+    # classes, each scaled view erased, every patch at its own size
+    cfg = InferCamConfig()
+    assert (cfg.three_plus, cfg.erase, cfg.erase_views, cfg.bucket_px) == ("none", "union", "scaled", 1)
+
+
 def test_buffer_side_scales_the_buffers_with_each_axis():
     # 200 x 80 image, a quarter of each side: 50 px vertically, 20 px horizontally
     cfg = InferCamConfig(buffer_side=0.25)
@@ -117,8 +124,11 @@ def test_buffer_side_scales_the_buffers_with_each_axis():
     # two classes: the same fraction around the rectangle of both centres
     two = class_boxes(2, [(60, 10), (120, 30)], 200, 80, cfg)[0]
     assert two == [(0, 170, 0, 50), (0, 170, 0, 80), (10, 200, 0, 50), (10, 200, 0, 80)]
-    # 3+ classes split per class with the same buffers; 0 keeps the paper's px buffers
-    assert class_boxes(3, [(0, 0)] * 3, 200, 80, cfg)[2] == split_boxes([(0, 0)], 200, 80, (50, 20))
+    # 3+ classes split per class (the paper's text) with the same buffers; 0 keeps the paper's px buffers
+    per_class = InferCamConfig(buffer_side=0.25, three_plus="per_class")
+    assert class_boxes(3, [(0, 0)] * 3, 200, 80, per_class)[2] == split_boxes([(0, 0)], 200, 80, (50, 20))
+    assert class_boxes(3, [(0, 0)] * 3, 200, 80, InferCamConfig(buffer_side=0.25, three_plus="none"))[2] == \
+        [(0, 200, 0, 80)]
     assert split_buffers(InferCamConfig(), 200, 80) == ((10, 10), (20, 20))
     assert split_boxes([(50, 40)], 100, 80, (10, 10)) == split_boxes([(50, 40)], 100, 80, 10)
     for bad in (-0.1, 1.5):
@@ -129,7 +139,10 @@ def test_buffer_side_scales_the_buffers_with_each_axis():
 # ------------------------------------------------------------------ erasing, flips, stopping
 
 
-def test_erase_mask_is_mirrored_for_flipped_input():
+@pytest.mark.parametrize("erase_views", ["patch", "scaled"])
+def test_erase_mask_is_mirrored_for_flipped_input_with_patch_views(erase_views):
+    # "patch": the erased patch is flipped, so its flip hides the mirrored pixels; "scaled" (the
+    # authors' code, the default) erases the flipped input with the same, unflipped mask
     h = w = 16
     image = torch.rand(1, 3, h, w) * 0.1
     image[0, 0, 4:8, 1:5] = 5.0                       # asymmetric hot blob on the left
@@ -138,7 +151,7 @@ def test_erase_mask_is_mirrored_for_flipped_input():
     def spy(x):
         seen.append(x.clone())
         return channel0(x)
-    cfg = InferCamConfig(split=False, iterate=True, max_rounds=2, stop_fraction=0.0)
+    cfg = InferCamConfig(split=False, iterate=True, max_rounds=2, stop_fraction=0.0, erase_views=erase_views)
     iterate_copies(spy, torch.ones(1, 1), image, image.mean((2, 3)), [Copy(0, 0, 0, (0, h, 0, w))],
                    (1.0,), True, cfg)
     assert len(seen) == 2
@@ -147,15 +160,19 @@ def test_erase_mask_is_mirrored_for_flipped_input():
     plain_hidden = (erased_in[0] == fill[:, None, None]).all(0)
     flip_hidden = (erased_in[1] == fill[:, None, None]).all(0)
     assert plain_hidden[4:8, 1:5].all() and plain_hidden.sum() == 16
+    if erase_views == "scaled":
+        assert torch.equal(flip_hidden, plain_hidden)              # the same array positions hidden
+        return
     assert torch.equal(flip_hidden, plain_hidden.flip(-1))     # mirrored pixels hidden...
     assert flip_hidden[4:8, w - 5:w - 1].all() and not flip_hidden[4:8, 1:5].any()  # ...not the same ones
 
 
-def test_iterative_maps_are_flip_equivariant():
-    # A non-symmetric backbone: with a consistent erase mask, flipping the image flips the result.
+def test_iterative_maps_are_flip_equivariant_with_patch_views():
+    # A non-symmetric backbone: with a consistent erase mask (erase_views="patch": every view hides
+    # the same physical pixels), flipping the image flips the result.
     features, weight = random_backbone(1)
     image = torch.randn(1, 3, 40, 48)
-    cfg = InferCamConfig(split=False, iterate=True, stop_fraction=0.0, max_rounds=3)
+    cfg = InferCamConfig(split=False, iterate=True, stop_fraction=0.0, max_rounds=3, erase_views="patch")
     a = infercam_maps(features, weight, image, [[0, 2]], (10, 12), (1.0, 0.5), True, cfg)[0]
     b = infercam_maps(features, weight, image.flip(-1), [[0, 2]], (10, 12), (1.0, 0.5), True, cfg)[0]
     assert torch.allclose(a, b.flip(-1), atol=1e-4)
@@ -292,18 +309,20 @@ def test_output_shapes_normalised_and_batched(split, iterate, three_plus):
 
 
 def reference_patch(features, weight, image, fill, box, cls, scales, flip, cfg):
-    """One patch, alone, at its own size, for one class: the paper's loop (the authors' loop
-    below with a single class)."""
+    """One patch, alone, at its own size, for one class: the paper's loop (the union loop below
+    with a single class; both erase the patch, then scale and flip it: erase_views="patch")."""
     return reference_patch_union(features, weight, image, fill, box, [cls], scales, flip, cfg)[0]
 
 
 def test_exact_size_batching_equals_a_patch_by_patch_loop():
+    # the paper's procedure: per-class erasing and 3+-class splits, the erased patch scaled and flipped
     from wsss_ray.cams.infercam import class_centres, plan_copies
     features, weight = random_backbone(4)
     images = torch.randn(3, 3, 36, 44)
     classes = [[1], [0, 2], [0, 1, 3]]
     scales, out_size = (1.0, 0.5), (9, 11)
-    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4)
+    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4, erase="per_class",
+                         three_plus="per_class", erase_views="patch")
     got = infercam_maps(features, weight, images, classes, out_size, scales, True, cfg)
     centres = class_centres(features, weight, images, classes, out_size, scales, True)
     fill = images.mean((2, 3))
@@ -417,7 +436,9 @@ def test_loss_all_ignored_and_saliency_channel_dim():
 
 
 def reference_patch_union(features, weight, image, fill, box, classes, scales, flip, cfg):
-    """The authors' loop on one patch: one erase mask, the union over the image's classes."""
+    """The authors' loop on one patch: one erase mask, the union over the image's classes (the
+    mask applied to the scale-1 patch before scaling: erase_views="patch"; the authors' own
+    view-by-view erasing is tests/test_authors_transcription.py's)."""
     y0, y1, x0, x1 = box
     patch = image[:, y0:y1, x0:x1]
     acc = torch.zeros(len(classes), y1 - y0, x1 - x0)
@@ -440,7 +461,8 @@ def test_union_erasing_equals_the_authors_loop_and_shares_one_input_per_patch():
     images = torch.randn(2, 3, 36, 44)
     classes = [[1], [0, 2]]
     scales, out_size = (1.0, 0.5), (9, 11)
-    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4, erase="union")
+    cfg = InferCamConfig(stop_fraction=0.01, bucket_px=1, buffer_one=3, buffer_two=4, erase="union",
+                         erase_views="patch")
     inputs = []
 
     def counted(x):

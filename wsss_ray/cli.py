@@ -65,8 +65,10 @@ def add_pipeline_args(p: argparse.ArgumentParser, default_methods: str) -> None:
     p.add_argument("--refiner", default="", choices=["", "irn", "crf"],
                    help="--segment's pseudo masks (default: crf on the demo worlds, irn on real data)")
     p.add_argument("--infercam", default="", metavar="KEY=VALUE,...",
-                   help="InferCamConfig options for --methods infercam, e.g. erase=union,three_plus=none "
-                        "(the authors' code), unite=scaled,max_rounds=3 or erase_scales=1.0 (erased rounds at one scale)")
+                   help="InferCamConfig options for --methods infercam over its defaults (the authors' code), "
+                        "e.g. erase=per_class,three_plus=per_class (the paper's text), bucket_px=16 (patches "
+                        "batched padded: faster, changes the maps), unite=scaled,max_rounds=3 or erase_scales=1.0 "
+                        "(erased rounds at one scale)")
     p.add_argument("--infercam-ablation", action="store_true",
                    help="also extract split-only (infercam_split) and iterate-only (infercam_iter) InferCam")
     p.add_argument("--advcam", default="", metavar="KEY=VALUE,...",

@@ -159,7 +159,8 @@ class LPCAMConfig:
                              f"not {self.fallback!r}")
 
 
-# InferCam (WACV 2022): split & unite, iterate-and-erase. Defaults are the paper's procedure.
+# InferCam (WACV 2022): split & unite, iterate-and-erase. Defaults are the authors' code (split_img.py +
+# infer_cam.py); the paper's text (per-class splits and erasing, patch-first erasing) and batching are options.
 @dataclass(frozen=True)
 class InferCamConfig:
     split: bool = True
@@ -169,23 +170,27 @@ class InferCamConfig:
     max_rounds: int = 5           # inferences per copy, the un-erased first one included
     buffer_one: int = 10          # px past the centre lines, one centre per split
     buffer_two: int = 20          # px around the two-class rectangle
-    three_plus: str = "per_class"  # "per_class" (paper) or "none" (authors' code: no split)
+    three_plus: str = "none"      # "none" (default, authors' code: 3+ classes keep the whole image);
+                                  # "per_class" (paper's text): every class its own four patches
     max_batch: int = 16           # inputs per features_fn call (before flipping); bounds GPU memory
-    bucket_px: int = 16           # patches batch with others whose size rounds up alike (0: one canvas a round)
+    bucket_px: int = 1            # 1 (default, authors' code): every patch at its own size, no padding.
+                                  # > 1, e.g. 16: a speed lever, patches batch with others whose size rounds up
+                                  # alike, padded with the fill colour, which changes the maps (0: one canvas a round)
     unite: str = "per_patch"      # "per_patch" (paper, code): each patch's map peaks at 1 before pasting;
                                   # "scaled": times the patch's raw first-round peak (normalised once, after)
-    erase: str = "per_class"      # "per_class" (paper: class-conditional, one mask per class);
-                                  # "union" (authors' code): one mask per patch, over all the image's classes
+    erase: str = "union"          # "union" (default, authors' code): one mask per patch, over all the image's
+                                  # classes; "per_class" (paper's text: class-conditional, one mask per class)
     erase_scales: tuple = ()      # scales of the erased rounds (2..max_rounds); () = round 0's (paper, code).
                                   # A cost lever, not the paper's: (1.0,) infers erased patches once (+ flip)
     erase_flip: bool = True       # flipped inputs in the erased rounds too (paper, code); False: a cost lever
     buffer_side: float = 0.0      # > 0: both buffers are this fraction of the image's height (vertically) and
                                   # width (horizontally), replacing the px buffers; not the paper's. Absolute px
                                   # do not carry across image sizes: 0.25 is what helped coco_tiny and the demo
-    erase_views: str = "patch"    # "patch": erase the scale-1 patch, then scale and flip it (every view hides the
-                                  # same pixels); "scaled" (authors' code): scale first (PIL, as round 0), then erase
+    erase_views: str = "scaled"   # "scaled" (default, authors' code): scale first (PIL, as round 0), then erase
                                   # each view with the mask nearest-resized from the previous view's (their chained
-                                  # F.interpolate), the flipped view with the unflipped mask, filled with the view's mean
+                                  # F.interpolate), the flipped view with the unflipped mask, filled with the view's
+                                  # mean; "patch" (a departure): erase the scale-1 patch, then scale and flip it
+                                  # (every view hides the same pixels)
 
     def __post_init__(self):
         if self.unite not in ("per_patch", "scaled"):

@@ -12,24 +12,26 @@ Pipeline per call (all images share one size H x W):
 2. **Split** (:func:`split_boxes`, :func:`class_boxes`). One class: four quadrants around the
    centre, each reaching ``buffer_one`` px past the centre lines (``img[0:c + b]``, ``img[c - b:]``). Two classes: the rectangle
    spanned by both centres (+ ``buffer_two``) lies in all four patches. Three or more:
-   ``three_plus="per_class"`` (paper) gives every class its own four patches around its own
-   centre (``buffer_one``, since each split has one centre); ``"none"`` (authors' code) keeps the
-   whole image. Buffers are absolute pixels (paper, code), or with ``buffer_side`` a fraction of
+   ``three_plus="none"`` (the default, authors' code) keeps the whole image;
+   ``"per_class"`` (the paper's text) gives every class its own four patches around its own
+   centre (``buffer_one``, since each split has one centre). Buffers are absolute pixels (paper, code), or with ``buffer_side`` a fraction of
    the image's height and width; borders clamp to the image (the authors' numpy slicing wraps
    around on negative starts).
 3. **Iterative inference** (:func:`iterate_copies`). A *copy* is one (image, class, patch). Each
    round computes the multi-scale + flip CAM of every active copy, max-normalises it inside the
    patch, keeps an element-wise running max, and erases (fills with the image's mean colour, in
    normalised space) every pixel whose running max is >= ``erase_threshold``; the next round
-   infers the original patch with that mask. Erasing is per class (each class has its own copy);
-   the authors' code erases the max over the image's classes, which ``erase="union"`` does: the
-   copies of one patch share one mask (the union of theirs), one input a round and one stop test. A copy stops when the newly erased
+   infers the original patch with that mask. By default (``erase="union"``, the authors' code,
+   which erases the max over the image's classes) the copies of one patch share one mask (the
+   union of theirs), one input a round and one stop test; ``erase="per_class"`` (the paper's
+   class-conditional text) gives each class its own mask. A copy stops when the newly erased
    area is below ``stop_fraction`` of its patch or after ``max_rounds`` inferences (the first,
-   un-erased one included, as in the code's ``range(5)``). The erased patch is built once and
-   then scaled and flipped, so the flipped input hides the mirrored pixels and the fused map
-   refers to one set of physical pixels (``erase_views="patch"``); the authors' code scales first
-   and erases each scaled input with a mask nearest-resized from the previous input's, the flipped
-   inputs with the unflipped mask, filled with the input's own mean (``erase_views="scaled"``).
+   un-erased one included, as in the code's ``range(5)``). By default (``erase_views="scaled"``,
+   the authors' code) each input is scaled first and erased with a mask nearest-resized from the
+   previous input's, the flipped inputs with the unflipped mask, filled with the input's own mean;
+   ``erase_views="patch"`` (a departure) builds the erased patch once and then scales and flips it,
+   so the flipped input hides the mirrored pixels and the fused map refers to one set of physical
+   pixels.
    Patches are scaled as the CAM pass scales images: PIL from the uint8 patch when the pyramid
    carries its pixels (``resample="pil"``, the authors' loader), else torch bicubic; with
    ``"patch"`` the erased rounds are torch-resized (an erased normalised patch has no uint8 form).
@@ -38,17 +40,22 @@ Pipeline per call (all images share one size H x W):
    paper and code, the whole-image baseline is not part of the union.
 
 Batching: patches go through the network in groups whose sizes round up to the same multiple of
-``bucket_px`` (16 px); each is pasted at the top-left of its group's canvas, padded with the image's
-mean colour (the same filler as erasing), so a round is one ``features_fn`` call per group, scale
-and ``max_batch`` inputs. ``bucket_px=1`` infers every patch at its own size (the paper's
-procedure, tested against a patch-by-patch loop); ``0`` pads all to the round's largest patch,
+``bucket_px``; each is pasted at the top-left of its group's canvas, padded with the image's mean
+colour (the same filler as erasing), so a round is one ``features_fn`` call per group, scale and
+``max_batch`` inputs. The default ``bucket_px=1`` infers every patch at its own size, unpadded, as
+the authors' code does (tested against a patch-by-patch loop); ``bucket_px=16`` is a speed lever
+(fewer, larger calls) whose padding changes the maps; ``0`` pads all to the round's largest patch,
 which on the demo world doubled the pixels inferred. In round 0 all classes of an image see the
 same un-erased patch, so shared (image, patch) inputs are inferred once.
 
 Cost (default config, one 112x112 image, 2 classes, 4 scales, flip): CAM = 8 backbone inputs in 4
-calls. InferCam = baseline 8 + round 0 on 4 shared patches 32 + up to 4 more rounds on 8
-(patch, class) copies, 64 each: at most 296 inputs (37x CAM's count) in at most 24 calls; the
-patches (about 78x76 px with centres near the middle) make that about 18x CAM's pixels at most.
+calls. InferCam = baseline 8 + round 0 on 4 shared patches 32 + up to 4 more rounds on the same
+4 patches (``erase="union"``: one mask per patch), 32 each: at most 168 inputs (21x CAM's count);
+the patches (about 78x76 px with centres near the middle) make that about 10x CAM's pixels at
+most. With ``bucket_px=1`` each distinct patch size is its own call per scale (at most 4 + 4 x 4
+x 5 = 84 calls); ``bucket_px=16`` mostly puts the four patches in one call per scale (24 calls).
+``erase="per_class"`` infers the erased rounds on 8 (patch, class) copies, 64 inputs each: at
+most 296 inputs (37x), about 18x CAM's pixels.
 With ``baselines`` (the main job passes the CAM pass's stored maps) the baseline's 8 inputs go.
 ``erase_scales=(1.0,)`` (not the paper's) infers the erased rounds at one scale: 2 inputs per
 copy a round instead of 8, and about 1/7.5 of their pixels (scales 1, 0.5, 1.5, 2 sum to 7.5x
