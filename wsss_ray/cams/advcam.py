@@ -45,7 +45,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from wsss_ray.cams.cam import (base_batch, class_activation, fuse_flips, normalise_per_map, scaled_batch, upsample_maps,
                                with_flips)
