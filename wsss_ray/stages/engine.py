@@ -191,23 +191,20 @@ def train_loop_per_worker(config: dict) -> None:
                    "images_per_second": images * world / max(seconds, 1e-9),
                    "data_wait_share": waited / max(seconds, 1e-9), **{f"last_{k}": v for k, v in parts.items()}}
         if rank == 0:
-            write_progress(config["epochs_dir"], metrics["steps_done"])
+            write_progress(config["progress_uri"], metrics["steps_done"])
         if (epoch + 1) % max(1, task.checkpoint_every) == 0 or epoch == schedule.epochs - 1:
             report_epoch(config["epochs_dir"], model, optimizer, epoch, metrics, task.keep_epochs, rank)
 
 
-PROGRESS_FILE = "progress.json"      # beside the epoch-NNN directories: steps done, for the driver's bar
-
-
-def write_progress(epochs_dir: str, steps_done: int) -> None:
+def write_progress(uri: str, steps_done: int) -> None:
+    """Steps done so far, for the driver's progress bar (``progress/<name>.json`` of the run)."""
     from wsss_ray.store import write_bytes_atomic
-    fs, path = open_fs(epochs_dir)
-    fs.create_dir(path, recursive=True)
-    write_bytes_atomic(fs, f"{path}/{PROGRESS_FILE}", json.dumps({"steps_done": steps_done}).encode())
+    fs, path = open_fs(uri)
+    write_bytes_atomic(fs, path, json.dumps({"steps_done": steps_done}).encode())
 
 
-def read_progress(epochs_dir: str) -> int:
-    fs, path = open_fs(join_uri(epochs_dir, PROGRESS_FILE))
+def read_progress(uri: str) -> int:
+    fs, path = open_fs(uri)
     with fs.open_input_stream(path) as f:
         return int(json.loads(f.read().decode())["steps_done"])
 
@@ -267,7 +264,9 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
     epochs_dir = join_uri(out_dir, "epochs")        # local path or URI: every worker reaches it
     resume_dir = latest_epoch(epochs_dir)
     schedule = task.schedule(len(items), task.num_workers)
-    config = {"task": task, "schedule": schedule, "epochs_dir": epochs_dir, "resume_dir": resume_dir}
+    progress_uri = run.uri("progress", f"{task.name}.json")
+    config = {"task": task, "schedule": schedule, "epochs_dir": epochs_dir, "resume_dir": resume_dir,
+              "progress_uri": progress_uri}
     start = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
@@ -277,7 +276,7 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
         scaling_config=ray.train.ScalingConfig(num_workers=task.num_workers, use_gpu=task.use_gpu,
                                                resources_per_worker={"CPU": 1}),
         run_config=train_run_config(run, task.name, max_failures))
-    with watched(f"train {task.name}", schedule.total_steps, lambda: read_progress(epochs_dir), unit="step"):
+    with watched(f"train {task.name}", schedule.total_steps, lambda: read_progress(progress_uri), unit="step"):
         result = trainer.fit()
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = time.perf_counter() - start
