@@ -186,3 +186,8 @@ def test_sweep_space_from_a_file_and_grid_needs_lists(tmp_path, capsys):
     assert parse_space((), str(space)) == ("lpcam", {"tau": [0.1, 0.2], "mu_f": (0.6, 0.9)})
     assert cli.main(["sweep", "--run-dir", str(tmp_path), "--space-file", str(space)]) == 2
     assert "a grid search takes lists of values" in capsys.readouterr().err
+    assert cli.main(["sweep", "--run-dir", str(tmp_path), "-s", "recam_train.recam_lambda=[0.1]",
+                     "--search", "optuna"]) == 2
+    assert "optuna is for LPCAM sweeps" in capsys.readouterr().err
+    import ray
+    assert not ray.is_initialized()                     # usage errors stop before Ray starts

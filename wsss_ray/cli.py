@@ -194,14 +194,14 @@ def sweep_command(args) -> int:
     if args.search == "grid" and any(not isinstance(v, list) for v in space.values()):
         raise ConfigError("a grid search takes lists of values (-s lpcam.tau=[0.1,0.25]); ranges need "
                           "--search random or optuna")
+    if section == "recam_train" and args.search == "optuna":      # before Ray starts, like every usage error
+        raise ConfigError("ReCAM sweeps search grid (lists) or random; optuna is for LPCAM sweeps")
     from wsss_ray.stages.sweep import run_lpcam_sweep, run_recam_sweep, start_ray
     start_ray(args.dashboard)
     if section == "lpcam":
         summary = run_lpcam_sweep(args.run_dir, args.num_samples, args.search, args.scheduler,
                                   args.name or f"lpcam_{args.search}", space=space)
     else:
-        if args.search == "optuna":
-            raise ConfigError("ReCAM sweeps search grid (lists) or random; optuna is for LPCAM sweeps")
         summary = run_recam_sweep(args.run_dir, args.num_samples, args.name or "recam", space=space,
                                   grid=args.search == "grid")
     print(json.dumps({k: summary.get(k) for k in ("trials", "complete", "papers_protocol", "fair")},
