@@ -179,8 +179,13 @@ def test_sweep_spaces_are_dotted_keys_checked_like_overrides():
             parse_space(bad)
 
 
-def test_sweep_space_from_a_file_and_grid_needs_lists(tmp_path, capsys):
+def test_sweep_space_from_a_file_and_grid_needs_lists(tmp_path, capsys, monkeypatch):
     from wsss_ray.config_file import parse_space
+    from wsss_ray.stages import sweep
+
+    def ray_must_not_start(*_):
+        raise AssertionError("a usage error reached start_ray")
+    monkeypatch.setattr(sweep, "start_ray", ray_must_not_start)     # usage errors stop before Ray starts
     space = tmp_path / "space.yaml"
     space.write_text("lpcam.tau: [0.1, 0.2]\nlpcam.mu_f: 0.6..0.9\n")
     assert parse_space((), str(space)) == ("lpcam", {"tau": [0.1, 0.2], "mu_f": (0.6, 0.9)})
@@ -189,5 +194,3 @@ def test_sweep_space_from_a_file_and_grid_needs_lists(tmp_path, capsys):
     assert cli.main(["sweep", "--run-dir", str(tmp_path), "-s", "recam_train.recam_lambda=[0.1]",
                      "--search", "optuna"]) == 2
     assert "optuna is for LPCAM sweeps" in capsys.readouterr().err
-    import ray
-    assert not ray.is_initialized()                     # usage errors stop before Ray starts
