@@ -13,7 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # run from a checkout
 
 from wsss_ray.config import DatasetConfig, ModelConfig, TrainConfig  # noqa: E402
-from wsss_ray.stages.pipeline import DEMO_BACKBONES, demo_config, run_pipeline  # noqa: E402
+from wsss_ray.cli import run_command  # noqa: E402
+from wsss_ray.stages.pipeline import DEMO_BACKBONES, demo_config  # noqa: E402
 
 
 def voc_config(args):
@@ -52,4 +53,4 @@ def build_config(args):
 
 
 if __name__ == "__main__":
-    run_pipeline(build_config(parse_args()))
+    sys.exit(run_command(build_config(parse_args())))      # non-zero when interrupted

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
@@ -379,3 +380,71 @@ def test_folder_bad_jsonl_and_names(tmp_path):
     (tmp_path / "t.csv").write_text("name,tags\na.jpg,dog\n")
     with pytest.raises(ItemError, match="header"):
         build_folder_manifest(str(tmp_path / "imgs"), str(tmp_path / "t.csv"))
+
+
+# --------------------------------------------------------------------------- ground truth that never lies
+
+def test_coco_undrawable_annotation_is_ignore_in_its_bbox_and_keeps_its_label(tmp_path):
+    anns = [
+        {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "segmentation": _square(2, 2, 10)},
+        # a string in place of coordinates, with a usable bbox: that box becomes ignore
+        {"id": 20, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 40.0, "bbox": [15, 4, 8, 5],
+         "segmentation": [["15", "4", "x", "4", "23", "9"]]},
+        # a malformed polygon and no bbox: the whole image is ignore
+        {"id": 30, "image_id": 2, "category_id": 18, "iscrowd": 0, "area": 9.0, "segmentation": [[1, 2, 3]]},
+    ]
+    root = make_coco(tmp_path / "c", images=[{"id": i, "file_name": f"{i}.jpg", "height": 20, "width": 30}
+                                             for i in (1, 2)], annotations=anns)
+    rows, _, errors = build_coco_manifest(str(root), "val", str(tmp_path / "m"))
+    assert [(r.image_id, r.labels) for r in rows] == [(1, [0, 1]), (2, [2])]      # labels kept
+    by_item = {e.item: e.reason for e in errors}
+    assert "its bbox is ignore (255)" in by_item["annotation 20"]
+    assert "its image (no usable bbox) is ignore (255)" in by_item["annotation 30"]
+    one, two = load_mask(rows[0].mask_uri), load_mask(rows[1].mask_uri)
+    assert (one[4:9, 15:23] == 255).all() and one[3, 15] == 0 and one[9, 23] == 0   # the box, nothing more
+    assert (one[2:12, 2:12] == 1).all()                                            # the good object is drawn
+    assert (two == 255).all()                     # no pixel of image 2 is scored as background
+
+
+def test_manifest_stage_drops_mis_sized_and_unreadable_images_with_error_rows(tmp_path):
+    from wsss_ray.config import DatasetConfig
+    from wsss_ray.data.errors import ERRORS_SCHEMA
+    from wsss_ray.data.manifest import read_manifest
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.manifest import build_manifest
+    images = [{"id": i, "file_name": f"{i}.jpg", "height": 20, "width": 30} for i in (1, 2, 3)]
+    root = make_coco(tmp_path / "c", images=images)
+    Image.new("RGB", (40, 20)).save(root / "val2017" / "2.jpg")           # the JSON says 30 x 20
+    (root / "val2017" / "3.jpg").write_text("not an image, despite the name")
+    cfg = DatasetConfig(kind="coco", root=str(root), split="val")
+    out = build_manifest(RunDir(str(tmp_path / "run")), cfg)
+    table, _ = read_manifest(str(tmp_path / "run" / "manifest"))
+    assert table.column("image_id").to_pylist() == [1] and out["errors"] == 2
+    rows = pq.read_table(tmp_path / "run" / "errors" / "manifest", schema=ERRORS_SCHEMA).to_pylist()
+    reasons = {r["item"].rsplit("/", 1)[-1]: r["reason"] for r in rows}
+    assert reasons["2.jpg"] == ("image 2: the file is 40x20 but its annotation says 30x20; skipped "
+                                "(its mask is drawn at the annotation's size)")
+    assert reasons["3.jpg"] == "not a readable image: not an image format PIL can identify"
+    with pytest.raises(ItemError, match="2.jpg: image 2: the file is 40x20"):      # strict: the first bad one
+        build_manifest(RunDir(str(tmp_path / "strict")), cfg, strict=True)
+    assert not (tmp_path / "strict" / "manifest" / "manifest.parquet").exists()
+
+
+def test_error_reasons_are_short_stable_sentences(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("a text file named .jpg")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(_noise_jpeg(tmp_path / "full.jpg")[:2000])
+    reasons = []
+    for _ in range(2):
+        for read in (load_rgb, image_size):
+            for path in (text, truncated):
+                try:
+                    read(str(path))
+                    reasons.append(None)             # a header-only read of a cut file succeeds
+                except ItemError as e:
+                    assert e.reason and "0x" not in e.reason and not e.reason.endswith(": "), e.reason
+                    reasons.append(e.reason)
+    assert reasons[:4] == reasons[4:]                # the same in every run
+    assert reasons[0] == reasons[2] == "not a readable image: not an image format PIL can identify"
+    assert reasons[1].startswith("corrupt or truncated image: OSError: image file is truncated")

@@ -180,8 +180,13 @@ def run_command(cfg: PipelineConfig, allow_config_change: bool = False, loud: bo
     import os
     if loud:
         os.environ["WSSS_RAY_VERBOSE"] = "1"
-    from wsss_ray.stages.pipeline import run_pipeline
-    run_pipeline(cfg, allow_config_change=allow_config_change)
+    from wsss_ray.stages.interrupts import JobInterrupted
+    from wsss_ray.stages.pipeline import log, run_pipeline
+    try:
+        run_pipeline(cfg, allow_config_change=allow_config_change)
+    except JobInterrupted as stop:          # a non-zero exit: a scheduler must not see a finished job
+        log(stop.describe())
+        return stop.exit_code
     return 0
 
 

@@ -5,7 +5,9 @@ GT mask per image: 0 background; non-crowd instances painted largest area first 
 objects end on top, value = class id + 1; crowd regions, annotations of an unknown
 category and (with a subset) objects outside the subset are 255 = ignore. All of them
 take part in the one largest-first pass, so a pixel gets the value of the smallest
-object covering it. Polygons and RLE go through pycocotools, COCO's reference API.
+object covering it. Polygons and RLE go through pycocotools, COCO's reference API. An annotation whose
+segmentation cannot be drawn keeps its label (its category is in the image) and makes its
+bbox ignore (the whole image when the bbox is unusable too), with an error row naming it.
 """
 from __future__ import annotations
 
@@ -250,12 +252,31 @@ def _layers(img: _Image, values: list, errors: ErrorCollector) -> list:
         try:
             m = segmentation_mask(ann["segmentation"], img.h, img.w)
         except (ValueError, TypeError, OverflowError) as e:
-            errors.add(_ann_name(ann, k), f"bad segmentation (image {img.id}): {e}")
-            continue
+            # the object is there (its label stays) but its pixels are unknown: ignore, never background
+            m, region = _undrawable_region(ann.get("bbox"), img.h, img.w)
+            errors.add(_ann_name(ann, k), f"bad segmentation (image {img.id}): {e}; its {region} is ignore (255)")
+            value = IGNORE
         area = ann.get("area")
         area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) else float(m.sum())
         layers.append((area, k, value, m))
     return layers
+
+
+def _undrawable_region(bbox, height: int, width: int) -> tuple[np.ndarray, str]:
+    """Where an annotation that cannot be drawn may lie: its bbox when that is usable, else
+    the whole image (the image then takes no part in the scores)."""
+    m = np.zeros((height, width), dtype=bool)
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+        x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
+        x1, y1 = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+    except (TypeError, ValueError, OverflowError):
+        x0 = y0 = x1 = y1 = 0
+    if x1 > x0 and y1 > y0:
+        m[y0:y1, x0:x1] = True
+        return m, "bbox"
+    m[:] = True
+    return m, "image (no usable bbox)"
 
 
 def _labels_and_values(img: _Image, cat_index, lut, errors) -> tuple[list[int], list[int]]:

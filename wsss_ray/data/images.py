@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from wsss_ray.data.errors import ItemError
 from wsss_ray.store import exists, open_fs, write_bytes_atomic
@@ -49,7 +50,7 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         fs, path = open_fs(uri, filesystem)
         info = fs.get_file_info(path)
     except (OSError, ValueError) as e:  # ArrowInvalid (bad URI) is a ValueError
-        raise ItemError(uri, f"cannot access file: {e}") from e
+        raise ItemError(uri, f"cannot access file: {stable_reason(e)}") from e
     if info.type == pafs.FileType.NotFound:
         raise ItemError(uri, "file not found")
     if info.type != pafs.FileType.File:
@@ -58,7 +59,7 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         with fs.open_input_stream(path) as f:
             data = f.read()
     except OSError as e:
-        raise ItemError(uri, f"cannot read file: {e}") from e
+        raise ItemError(uri, f"cannot read file: {stable_reason(e)}") from e
     if not data:
         raise ItemError(uri, "empty file (0 bytes)")
     return data
@@ -77,13 +78,25 @@ def list_names(dir_uri: str, filesystem: pafs.FileSystem | None = None) -> set[s
 
 # --------------------------------------------------------------------------- decoding
 
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def stable_reason(e: BaseException) -> str:
+    """An exception as a short sentence that is the same in every run: no object addresses
+    (PIL names its BytesIO by address), never an empty message."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image format PIL can identify"
+    message = _ADDRESS.sub("the data", str(e)).strip()
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
 def _open_image(data: bytes, uri: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ItemError(uri, f"image too large: {e}") from e
+        raise ItemError(uri, f"image too large: {stable_reason(e)}") from e
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, ...)
-        raise ItemError(uri, f"not a readable image: {type(e).__name__}: {e}") from e
+        raise ItemError(uri, f"not a readable image: {stable_reason(e)}") from e
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ItemError(uri, f"zero-size image ({w}x{h})")
@@ -101,7 +114,7 @@ def _decode(img: Image.Image, uri: str) -> None:
     try:
         img.load()
     except Exception as e:
-        raise ItemError(uri, f"corrupt or truncated image: {type(e).__name__}: {e}") from e
+        raise ItemError(uri, f"corrupt or truncated image: {stable_reason(e)}") from e
 
 
 def _gray_to_rgb(a: np.ndarray) -> Image.Image:
@@ -127,7 +140,7 @@ def _to_rgb(img: Image.Image, uri: str) -> Image.Image:
     try:
         return img.convert("RGB")
     except Exception as e:
-        raise ItemError(uri, f"cannot convert mode {mode} to RGB: {e}") from e
+        raise ItemError(uri, f"cannot convert mode {mode} to RGB: {stable_reason(e)}") from e
 
 
 def _target_size(w: int, h: int, max_side: int) -> tuple[int, int]:
@@ -154,7 +167,8 @@ def load_rgb(uri: str, max_side: int = 0, filesystem: pafs.FileSystem | None = N
 
 
 def image_size(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[int, int]:
-    """(height, width) from the header only: no pixel decode, reads a few KB."""
+    """(height, width) from the header only: no pixel decode, reads the first 64 KB (the
+    whole file only when its header runs longer, as big EXIF or ICC blocks can)."""
     fs, path = open_fs(uri, filesystem)
     if not exists(fs, path):
         raise ItemError(uri, "file not found")
@@ -162,15 +176,30 @@ def image_size(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[int
         with fs.open_input_file(path) as f:
             if f.size() == 0:
                 raise ItemError(uri, "empty file (0 bytes)")
-            with Image.open(f) as img:
-                w, h = img.size
-    except ItemError:
-        raise
+            head = f.read(_HEADER_BYTES)
+            rest = f.read() if len(head) == _HEADER_BYTES else b""
+    except OSError as e:
+        raise ItemError(uri, f"cannot read file: {stable_reason(e)}") from e
+    try:
+        w, h = _header_size(head)
     except Exception as e:
-        raise ItemError(uri, f"not a readable image: {type(e).__name__}: {e}") from e
+        if not rest:
+            raise ItemError(uri, f"not a readable image: {stable_reason(e)}") from e
+        try:
+            w, h = _header_size(head + rest)
+        except Exception as e2:
+            raise ItemError(uri, f"not a readable image: {stable_reason(e2)}") from e2
     if w <= 0 or h <= 0:
         raise ItemError(uri, f"zero-size image ({w}x{h})")
     return h, w
+
+
+_HEADER_BYTES = 1 << 16
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
 
 
 # --------------------------------------------------------------------------- masks

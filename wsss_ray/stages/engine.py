@@ -30,6 +30,7 @@ import torch
 from wsss_ray.cams.training import poly_lr
 from wsss_ray.models.checkpoint import keep_epoch, latest_epoch, restore_epoch, save_epoch
 from wsss_ray.rundir import RunDir
+from wsss_ray.stages.interrupts import off_the_main_thread
 from wsss_ray.stages.progress import watched
 from wsss_ray.store import join_uri, open_fs
 
@@ -277,7 +278,8 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
                                                resources_per_worker={"CPU": 1}),
         run_config=train_run_config(run, task.name, max_failures))
     with watched(f"train {task.name}", schedule.total_steps, lambda: read_progress(progress_uri), unit="step"):
-        result = trainer.fit()
+        # off the main thread: Ray Train then keeps its SIGINT handler out of the job (stages/interrupts.py)
+        result = off_the_main_thread(trainer.fit, f"fit-{task.name}")
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     metrics["fit_seconds"] = time.perf_counter() - start
     task.save(latest_epoch(epochs_dir), out_dir, {"train_metrics": metrics, "images": len(items)})

@@ -1,9 +1,15 @@
-"""Manifest stage: any dataset -> ``manifest/manifest.parquet`` + ``classes.json`` + errors."""
+"""Manifest stage: any dataset -> ``manifest/manifest.parquet`` + ``classes.json`` + errors.
+
+Every image's header is read here (``data/file_checks.py``): an unreadable or mis-sized image
+is an error row and leaves the manifest, so no later stage meets it; ``strict`` stops at the
+first one, before any training."""
 from __future__ import annotations
 
 
 from wsss_ray.config import DatasetConfig
+from wsss_ray.data.classmap import ErrorCollector
 from wsss_ray.data.errors import errors_table
+from wsss_ray.data.file_checks import check_image_files
 from wsss_ray.data.manifest import read_manifest, write_manifest
 from wsss_ray.rundir import RunDir
 from wsss_ray.store import write_table_uri
@@ -43,6 +49,10 @@ def build_manifest(run: RunDir, cfg: DatasetConfig, strict: bool = False) -> dic
         table, classes = read_manifest(run.manifest())
         return {"images": table.num_rows, "classes": classes.num_classes, "errors": None, "skipped": True}
     rows, classes, errors = build_rows(cfg, run, strict)
+    if cfg.kind != "folder":            # the folder builder took each size from the image's header already
+        collector = ErrorCollector(strict)
+        rows = check_image_files(rows, collector)
+        errors = errors + collector.records
     if cfg.limit and cfg.kind in ("demo", "folder"):
         rows = sorted(rows, key=lambda r: r.image_id)[:cfg.limit]
     write_table_uri(errors_table(errors), run.uri("errors", "manifest", "part-00000.parquet"))

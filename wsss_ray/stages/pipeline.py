@@ -12,6 +12,7 @@ from wsss_ray.config import (INFERCAM_ABLATION, RECAM_WEIGHTS, CamConfig, Datase
                              EvalConfig, InferCamConfig, LPCAMConfig, ModelConfig, PipelineConfig, TrainConfig,
                              recam_model, to_dict)
 from wsss_ray.rundir import RunDir
+from wsss_ray.stages.interrupts import JobInterrupted, take_the_signals
 
 DEMO_BACKBONES = ("tiny", "efficientnet_lite0")
 
@@ -157,6 +158,13 @@ def check_gpus(cfg: PipelineConfig) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict:
+    """The job. SIGINT/SIGTERM raise ``JobInterrupted`` (naming the stage) wherever they land."""
+    from wsss_ray.stages.interrupts import interrupts_end_the_job
+    with interrupts_end_the_job():
+        return _run_stages(cfg, allow_config_change)
+
+
+def _run_stages(cfg: PipelineConfig, allow_config_change: bool) -> dict:
     from wsss_ray.stages.evaluate import evaluate_maps, plot_curves
     from wsss_ray.stages.extract import extract_maps
     from wsss_ray.stages.manifest import build_manifest
@@ -178,7 +186,12 @@ def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
         log(f"{name} ...")
-        out = fn(*args, **kwargs)
+        take_the_signals()
+        try:
+            out = fn(*args, **kwargs)
+        except JobInterrupted as stop:
+            stop.stage = stop.stage or name
+            raise
         timings[name] = time.perf_counter() - start
         log(f"{name} done in {timings[name]:.1f}s: {_short(out)}")
         return out
