@@ -448,3 +448,20 @@ def test_error_reasons_are_short_stable_sentences(tmp_path):
     assert reasons[:4] == reasons[4:]                # the same in every run
     assert reasons[0] == reasons[2] == "not a readable image: not an image format PIL can identify"
     assert reasons[1].startswith("corrupt or truncated image: OSError: image file is truncated")
+
+
+def test_training_steps_record_the_images_they_skip(tmp_path):
+    from wsss_ray.data.errors import ERRORS_SCHEMA
+    from wsss_ray.data.train_batches import ClassifierBatches
+    good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
+    cut.write_bytes(_noise_jpeg(good)[:2000])
+    errors_dir = tmp_path / "errors" / "train_cam"
+    make = ClassifierBatches(3, (32, 48), 32, True, (0.5,) * 3, (0.25,) * 3, 0, str(errors_dir))
+    row = {"epoch": 0, "step": 0, "index": [0, 1], "uri": [str(good), str(cut)], "labels": [[0], [2]],
+           "image_id": [7, 8]}
+    for epoch in (0, 1):                              # every epoch meets it: still one row
+        batch = make({**row, "epoch": epoch})
+        assert batch["x"].shape[0] == 1
+    rows = pq.read_table(errors_dir, schema=ERRORS_SCHEMA).to_pylist()
+    assert len(rows) == 1 and rows[0]["stage"] == "train_cam" and rows[0]["item"] == f"8 ({cut})"
+    assert rows[0]["reason"].startswith("corrupt or truncated image: OSError: image file is truncated")

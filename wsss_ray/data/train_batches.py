@@ -15,9 +15,9 @@ import numpy as np
 
 from wsss_ray.data.augment import (augment, augment_pair, image_at, normalise_image, pad_batch, resize_long_side,
                                    window_at_origin)
-from wsss_ray.data.errors import ItemError
+from wsss_ray.data.errors import ErrorRecord, ItemError, errors_table
 from wsss_ray.data.images import decode_png, load_mask, load_rgb
-from wsss_ray.store import join_uri, read_rows
+from wsss_ray.store import join_uri, read_rows, write_table_uri
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -28,6 +28,15 @@ def multi_hot(labels, num_classes: int) -> np.ndarray:
     out = np.zeros(num_classes, np.float32)
     out[np.asarray(list(labels), np.int64)] = 1.0
     return out
+
+
+def record_skipped(errors_dir: str, image_id: int, err: ItemError) -> None:
+    """One error row per image a training step could not use (``errors/<stage>/``, the stage
+    named by the folder), named by the image: every epoch rewrites the same file, so the
+    stage's error table lists each image once."""
+    if errors_dir:
+        stage, item = errors_dir.rstrip("/").rsplit("/", 1)[-1], f"{image_id} ({err.item})"
+        write_table_uri(errors_table([ErrorRecord(stage, item, err.reason)]), f"{errors_dir}/item-{image_id}.parquet")
 
 
 def _items(row: dict) -> list[tuple]:
@@ -48,14 +57,16 @@ class ClassifierBatches:
     mean: tuple
     std: tuple
     seed: int
+    errors_dir: str = ""                 # errors/train_<name>: the images a step skipped
 
     def __call__(self, row: dict) -> dict:
         xs, ys = [], []
-        for index, uri, labels, _ in _items(row):
+        for index, uri, labels, image_id in _items(row):
             try:
                 image = load_rgb(uri)
-            except ItemError:
-                continue                     # the manifest stage recorded why
+            except ItemError as err:         # a header that reads but pixels that do not (a cut file)
+                record_skipped(self.errors_dir, image_id, err)
+                continue
             rng = sample_rng(self.seed, int(row["epoch"]), index)
             xs.append(augment(image, rng, self.resize_long, self.crop, self.hflip, self.mean, self.std))
             ys.append(multi_hot(labels, self.num_classes))
@@ -72,14 +83,16 @@ class ProbeImages:
     mean: tuple
     std: tuple
     crop: int = 0
+    errors_dir: str = ""
 
     def __call__(self, row: dict) -> dict:
-        (index, uri, labels, _), = _items(row)
+        (index, uri, labels, image_id), = _items(row)
         try:
             x = normalise_image(resize_long_side(load_rgb(uri), self.long_side), self.mean, self.std)
             if self.crop:
                 x = window_at_origin(x, self.crop)
-        except ItemError:
+        except ItemError as err:
+            record_skipped(self.errors_dir, image_id, err)
             x = np.zeros((3, 0, 0), np.float32)          # an empty image: left out of the probe
         return {"epoch": row["epoch"], "step": row["step"], "index": index, "x": x,
                 "y": np.asarray(labels, np.int64)}
@@ -117,6 +130,7 @@ class PairBatches:
     long_side: bool = False
     max_side: int = 0
     saliency_dir: str = ""
+    errors_dir: str = ""
 
     def __call__(self, row: dict) -> dict:
         items = _items(row)
@@ -129,8 +143,9 @@ class PairBatches:
                 label = decode_png(labels[image_id]["png"])
                 image = image_at(load_rgb(uri, max_side=self.max_side), *label.shape)
                 sal = load_saliency(self.saliency_dir, uri, *label.shape) if self.saliency_dir else None
-            except ItemError:
-                continue                     # unreadable image or no saliency map
+            except ItemError as err:         # unreadable image or no saliency map
+                record_skipped(self.errors_dir, image_id, err)
+                continue
             rng = sample_rng(self.seed, int(row["epoch"]), index)
             scale = self.scale_range
             if self.long_side:

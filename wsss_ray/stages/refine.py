@@ -213,6 +213,7 @@ class BoundaryTask(TrainTask):
     classifier: str                   # the classifier checkpoint directory
     model: ModelConfig                # its config (normalisation)
     conf_dir: str
+    errors_dir: str = ""              # errors/train_irn_<method>: images a step could not decode
 
     @property
     def seed(self) -> int:
@@ -236,7 +237,8 @@ class BoundaryTask(TrainTask):
         c = self.refine
         # the classifier's rule: a random long side, applied as a scale to image and labels
         return PairBatches(self.conf_dir, c.resize_long, c.crop_size, c.hflip, self.model.image_mean,
-                           self.model.image_std, c.seed, long_side=True, max_side=c.max_side)
+                           self.model.image_std, c.seed, long_side=True, max_side=c.max_side,
+                           errors_dir=self.errors_dir)
 
     def build(self):
         classifier, _, _ = load_classifier(self.classifier)
@@ -267,7 +269,8 @@ def train_boundary(run: RunDir, method: str, checkpoint: str, cfg: RefineConfig,
     """Train (resume, or skip when finished) ``checkpoints/irn_<method>`` on the first
     ``cfg.limit`` labelled images that have confident labels."""
     _, model_cfg, _ = load_classifier(checkpoint)
-    task = BoundaryTask(f"irn_{method}", cfg, checkpoint, model_cfg, run.uri("conf", method))
+    task = BoundaryTask(f"irn_{method}", cfg, checkpoint, model_cfg, run.uri("conf", method),
+                        errors_dir=run.uri("errors", f"train_irn_{method}"))
     return fit(run, task, max_failures)
 
 

@@ -43,6 +43,7 @@ class SegmentationTask(TrainTask):
     masks_dir: str
     saliency_dir: str = ""
     limit: int = 0
+    errors_dir: str = ""              # errors/train_seg_<method>: images a step could not decode
 
     @property
     def seed(self) -> int:
@@ -72,7 +73,7 @@ class SegmentationTask(TrainTask):
     def batch_maker(self):
         c = self.seg
         return PairBatches(self.masks_dir, c.scale_range, c.crop_size, c.hflip, IMAGENET_MEAN, IMAGENET_STD, c.seed,
-                           saliency_dir=self.saliency_dir)
+                           saliency_dir=self.saliency_dir, errors_dir=self.errors_dir)
 
     def build(self):
         model = build_segmenter(self.seg.arch, self.num_classes, self.seg.backbone_weights, "none", self.seg.freeze_bn)
@@ -107,7 +108,8 @@ def train_segmentation(run_dir: str, method: str, cfg: SegConfig, saliency_dir: 
     run = RunDir(absolute_root(run_dir))
     _, classes = read_manifest(run.manifest())
     task = SegmentationTask(f"seg_{method}", cfg, classes.num_classes + 1, run.uri("masks", masks_name or method),
-                            absolute_root(saliency_dir) if saliency_dir else "", limit)
+                            absolute_root(saliency_dir) if saliency_dir else "", limit,
+                            errors_dir=run.uri("errors", f"train_seg_{method}"))
     return fit(run, task, max_failures)
 
 

@@ -116,6 +116,7 @@ class ClassifierTask(TrainTask):
     num_classes: int
     init_from: str = ""
     split: str | None = None
+    errors_dir: str = ""              # errors/train_<name>: images a step could not decode
 
     @property
     def seed(self) -> int:
@@ -160,9 +161,10 @@ class ClassifierTask(TrainTask):
     def batch_maker(self):
         m, t = self.model, self.train
         if self.probe:
-            return ProbeImages(t.resize_long[0], m.image_mean, m.image_std, t.crop_size if t.cached_features else 0)
+            return ProbeImages(t.resize_long[0], m.image_mean, m.image_std, t.crop_size if t.cached_features else 0,
+                               self.errors_dir)
         return ClassifierBatches(self.num_classes, t.resize_long, t.crop_size, t.hflip, m.image_mean, m.image_std,
-                                 t.seed)
+                                 t.seed, self.errors_dir)
 
     def build(self):
         model = build_classifier(self.model.backbone, self.model.weights, self.num_classes,
@@ -205,5 +207,6 @@ def train_classifier(run: RunDir, name: str, model_cfg: ModelConfig, cfg: TrainC
                      init_from: str = "", split: str | None = None, max_failures: int = 2) -> dict:
     """Train (or resume, or skip when finished) ``checkpoints/<name>``; returns its metrics."""
     _, classes = read_manifest(run.manifest())
-    task = ClassifierTask(name, model_cfg, cfg, classes.num_classes, init_from, split)
+    task = ClassifierTask(name, model_cfg, cfg, classes.num_classes, init_from, split,
+                          errors_dir=run.uri("errors", f"train_{name}"))
     return fit(run, task, max_failures)
