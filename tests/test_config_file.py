@@ -144,7 +144,7 @@ def test_rerun_with_another_config_names_what_differs(tmp_path):
     assert load_config(str(tmp_path / "run" / "config.yaml")).lpcam.tau == 0.3
 
 
-def test_inputs_a_user_can_fix_stop_early_with_one_line(tmp_path, capsys):
+def test_inputs_a_user_can_fix_stop_early_with_one_line(tmp_path, capsys, monkeypatch):
     for overrides, says in [((), "dataset.root is empty: give the coco dataset's root with -o dataset.root=PATH"),
                             (("dataset.root=/no/such/tree",), "dataset.root '/no/such/tree' does not exist")]:
         with pytest.raises(ConfigError, match=says):
@@ -152,6 +152,14 @@ def test_inputs_a_user_can_fix_stop_early_with_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="dataset.tags_file is empty"):
         check_inputs(load_config("folder", (f"dataset.root={tmp_path}",)))
     check_inputs(load_config("quick"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))      # no resnet50-*.pth on this machine
+    with pytest.raises(ConfigError, match=r"^model.weights=imagenet: resnet50 ImageNet weights are not available "
+                                          r"offline.*Give a local state_dict file with -o model.weights=/path/to/"
+                                          r"resnet50.pth") as e:
+        check_inputs(load_config("coco_lpcam", (f"dataset.root={tmp_path}",)))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="model.weights=/no/file.pth: weights='/no/file.pth' is neither"):
+        check_inputs(load_config("quick", ("model.weights=/no/file.pth",)))
     not_a_dir = tmp_path / "a_file"          # a path under a file: unwritable also for root
     not_a_dir.write_text("")
     assert cli.main(["run", "quick", "--run-dir", str(not_a_dir / "run")]) == 2

@@ -180,6 +180,7 @@ def run_command(cfg: PipelineConfig, allow_config_change: bool = False, loud: bo
     import os
     if loud:
         os.environ["WSSS_RAY_VERBOSE"] = "1"
+    from wsss_ray.data.errors import ItemError
     from wsss_ray.stages.interrupts import JobInterrupted
     from wsss_ray.stages.pipeline import log, run_pipeline
     try:
@@ -187,6 +188,9 @@ def run_command(cfg: PipelineConfig, allow_config_change: bool = False, loud: bo
     except JobInterrupted as stop:          # a non-zero exit: a scheduler must not see a finished job
         log(stop.describe())
         return stop.exit_code
+    except ItemError as bad:                # --strict: the first bad item ends the job, named
+        log(f"stopped at a bad item (strict): {bad.item}: {bad.reason}")
+        return 1
     return 0
 
 

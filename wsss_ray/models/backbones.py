@@ -265,21 +265,26 @@ _REGISTRY = {
 }
 
 
-def build_backbone(name: str, weights: str = "none") -> nn.Module:
-    """Build backbone ``name`` with ``weights`` = "none" | "imagenet" | <state_dict path>."""
+def weights_path(name: str, weights: str = "none") -> Path | None:
+    """The local file that ``weights`` names for backbone ``name`` (None for "none"); a
+    ValueError says why there is none, before anything is built or trained."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
-    model = _REGISTRY[name]()
     if weights in (None, "", "none"):
-        return model
+        return None
     if weights == "imagenet":
-        path = model.imagenet_weights_file()
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise ValueError(f"weights={weights!r} is neither 'none', 'imagenet' nor an "
-                             f"existing state_dict file")
-    load_backbone_weights(model, path)
+        return _REGISTRY[name]().imagenet_weights_file()
+    if not Path(weights).is_file():
+        raise ValueError(f"weights={weights!r} is neither 'none', 'imagenet' nor an existing state_dict file")
+    return Path(weights)
+
+
+def build_backbone(name: str, weights: str = "none") -> nn.Module:
+    """Build backbone ``name`` with ``weights`` = "none" | "imagenet" | <state_dict path>."""
+    path = weights_path(name, weights)
+    model = _REGISTRY[name]()
+    if path is not None:
+        load_backbone_weights(model, path)
     return model
 
 

@@ -143,6 +143,21 @@ def check_inputs(cfg: PipelineConfig) -> None:
             raise ConfigError(f"dataset.{key} is empty: give the {data.kind} dataset's {key} with -o dataset.{key}=PATH")
         if "://" not in value and not os.path.exists(value):
             raise ConfigError(f"dataset.{key} {value!r} does not exist (a local path; URIs are read as they are)")
+    check_weights(cfg)
+
+
+def check_weights(cfg: PipelineConfig) -> None:
+    """Pretrained weights that are not on this machine stop the job here, in one line, not
+    after Ray Train has retried its workers (wsss_ray never downloads)."""
+    from wsss_ray.config_file import ConfigError
+    from wsss_ray.models.backbones import weights_path
+    try:
+        weights_path(cfg.model.backbone, cfg.model.weights)
+    except ValueError as e:
+        first = str(e).split(". ")[0].rstrip(".")
+        raise ConfigError(f"model.weights={cfg.model.weights}: {first}. Give a local state_dict file with "
+                          f"-o model.weights=/path/to/{cfg.model.backbone}.pth, or -o model.weights=none "
+                          f"to train from scratch") from None
 
 
 def check_gpus(cfg: PipelineConfig) -> None:
