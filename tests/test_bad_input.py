@@ -2,6 +2,7 @@
 the good rows still come out, and strict=True raises instead."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -465,3 +466,39 @@ def test_training_steps_record_the_images_they_skip(tmp_path):
     rows = pq.read_table(errors_dir, schema=ERRORS_SCHEMA).to_pylist()
     assert len(rows) == 1 and rows[0]["stage"] == "train_cam" and rows[0]["item"] == f"8 ({cut})"
     assert rows[0]["reason"].startswith("corrupt or truncated image: OSError: image file is truncated")
+
+
+def test_a_folder_class_list_is_pinned_or_printed_with_its_likely_typos(tmp_path, capsys):
+    from wsss_ray.config import DatasetConfig
+    from wsss_ray.config_file import ConfigError
+    from wsss_ray.data.errors import ERRORS_SCHEMA
+    from wsss_ray.data.manifest import read_manifest
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.manifest import build_manifest
+    images = tmp_path / "images"
+    images.mkdir()
+    tags = ["cat", "dog", "cat;dog", "dgo", "dog"]                # one misspelt tag
+    for k in range(len(tags)):
+        Image.new("RGB", (12, 10), (40 * k, 0, 0)).save(images / f"{k}.png")
+    (tmp_path / "tags.csv").write_text("file,labels\n" + "".join(f"{k}.png,{t}\n" for k, t in enumerate(tags)))
+    inferred = DatasetConfig(kind="folder", root=str(images), tags_file=str(tmp_path / "tags.csv"))
+    build_manifest(RunDir(str(tmp_path / "a")), inferred)
+    out = capsys.readouterr().out
+    assert "3 classes inferred from the tags (manifest/classes.json): cat, dgo, dog" in out
+    assert "pin them with -o dataset.classes=cat,dgo,dog. Seen on one image only, likely typos: dgo" in out
+    assert json.loads((tmp_path / "a" / "manifest" / "class_counts.json").read_text()) == {"cat": 2, "dgo": 1, "dog": 3}
+
+    pinned = dataclasses.replace(inferred, classes=("cat", "dog"))
+    build_manifest(RunDir(str(tmp_path / "b")), pinned)
+    assert "inferred" not in capsys.readouterr().out
+    table, classes = read_manifest(str(tmp_path / "b" / "manifest"))
+    assert classes.names == ("cat", "dog") and table.num_rows == 4       # ids do not shift
+    errors = pq.read_table(tmp_path / "b" / "errors" / "manifest", schema=ERRORS_SCHEMA).to_pylist()
+    assert [(e["item"].rsplit("/", 1)[-1], e["reason"]) for e in errors] == [("tags.csv:5", "unknown class 'dgo' (file 3.png)")]
+
+    coco = make_coco(tmp_path / "c")
+    wrong = DatasetConfig(kind="coco", root=str(coco), split="val", classes=("person", "dog", "car"))
+    with pytest.raises(ConfigError, match=r"dataset.classes differs from the coco dataset's class list "
+                                          r"\(the same names in another order\)"):
+        build_manifest(RunDir(str(tmp_path / "d")), wrong)
+    build_manifest(RunDir(str(tmp_path / "e")), dataclasses.replace(wrong, classes=("person", "car", "dog")))

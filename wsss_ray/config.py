@@ -246,6 +246,9 @@ class DatasetConfig:
     demo_size: str = "full"           # full | quick
     tags_file: str = ""               # folder datasets: CSV or JSONL of tags
     masks_dir: str = ""               # folder datasets: optional GT masks
+    # the class names in class-id order: a folder's list (an unknown tag is then an error row);
+    # for COCO, VOC and the demo, a pin that the dataset's own list must equal
+    classes: tuple = ()
 
     def __post_init__(self):
         require(self.kind in ("demo", "coco", "voc", "folder"), f"dataset.kind {self.kind!r}: demo, coco, voc or folder")
