@@ -5,6 +5,7 @@ seeds can be scored); the COCO tree is coco_tiny."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,23 @@ def test_lpcam_on_a_coco_tree_from_the_command_line(ray_session, tmp_path, coco_
                                     "limit": 20}, overrides=("cam.max_side=128",))
     assert 0 < results["cam"]["num_images"] <= 20
     assert_scored(results, results["cam"]["num_images"])
+
+
+def test_strict_stops_in_the_manifest_stage_before_training(ray_session, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["file,labels"]
+    for name, image, _, present in scenes()[:6]:
+        Image.fromarray(image).save(images / f"{name}.png")
+        lines.append(f"{name}.png,{';'.join(DEMO_CLASSES[c] for c in present)}")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a PNG")
+    lines.append("broken.png,cat")
+    (tmp_path / "tags.csv").write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code = cli.main(["run", "folder", "--run-dir", str(run_dir), "-o", f"dataset.root={images}",
+                     "-o", f"dataset.tags_file={tmp_path / 'tags.csv'}", "-o", "strict=true"])
+    assert code == 1 and time.perf_counter() - start < 60
+    out = capsys.readouterr().out
+    assert f"stopped at a bad item (strict): {images / 'broken.png'}: not a readable image" in out
+    assert "train_cam" not in out and not (run_dir / "checkpoints").exists()
