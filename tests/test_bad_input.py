@@ -502,3 +502,17 @@ def test_a_folder_class_list_is_pinned_or_printed_with_its_likely_typos(tmp_path
                                           r"\(the same names in another order\)"):
         build_manifest(RunDir(str(tmp_path / "d")), wrong)
     build_manifest(RunDir(str(tmp_path / "e")), dataclasses.replace(wrong, classes=("person", "car", "dog")))
+
+
+def test_a_dataset_with_no_usable_image_stops_in_the_manifest_stage(tmp_path):
+    from wsss_ray.config import DatasetConfig
+    from wsss_ray.config_file import ConfigError
+    from wsss_ray.rundir import RunDir
+    from wsss_ray.stages.manifest import build_manifest
+    root = make_coco(tmp_path / "c", categories=[{"id": 1, "name": "toaster"}, {"id": 3, "name": "oven"},
+                                                 {"id": 18, "name": "sink"}])
+    cfg = DatasetConfig(kind="coco", root=str(root), split="val", class_subset="voc20")
+    with pytest.raises(ConfigError, match=r"the coco dataset .* split 'val' with class_subset 'voc20' has no usable "
+                                          r"image \(3 error rows in errors/manifest, most often: 3 x no labels\)"):
+        build_manifest(RunDir(str(tmp_path / "run")), cfg)
+    assert (tmp_path / "run" / "errors" / "manifest" / "part-00000.parquet").exists()   # the rows say which

@@ -58,6 +58,8 @@ def build_manifest(run: RunDir, cfg: DatasetConfig, strict: bool = False) -> dic
     if cfg.limit and cfg.kind in ("demo", "folder"):
         rows = sorted(rows, key=lambda r: r.image_id)[:cfg.limit]
     write_table_uri(errors_table(errors), run.uri("errors", "manifest", "part-00000.parquet"))
+    if not rows:
+        raise no_usable_images(cfg, errors)
     write_manifest(rows, classes, run.manifest())
     counts = class_counts(rows, classes)
     run.write_json(run.uri("manifest", "class_counts.json"), counts)
@@ -94,3 +96,16 @@ def inferred_classes_note(counts: dict[str, int]) -> str:
     line = (f"[wsss_ray] {len(counts)} classes inferred from the tags (manifest/classes.json): {', '.join(counts)}; "
             f"pin them with -o dataset.classes={','.join(counts)}")
     return line + (f". Seen on one image only, likely typos: {', '.join(once)}" if once else "")
+
+
+def no_usable_images(cfg: DatasetConfig, errors) -> Exception:
+    """A dataset that yields no image stops the job here, saying why, not in training."""
+    from collections import Counter
+
+    from wsss_ray.config_file import ConfigError
+    what = f"{cfg.kind} dataset {cfg.root or 'demo'}" + (f" split {cfg.split!r}" if cfg.kind in ("coco", "voc") else "")
+    what += f" with class_subset {cfg.class_subset!r}" if cfg.class_subset else ""
+    common = Counter(e.reason.split(":")[0].split(" (")[0] for e in errors).most_common(2)
+    why = "; ".join(f"{n} x {reason}" for reason, n in common)
+    return ConfigError(f"the {what} has no usable image ({len(errors)} error rows in errors/manifest"
+                       + (f", most often: {why}" if why else "") + "): check the root, split, class subset and tags")
