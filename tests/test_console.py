@@ -39,5 +39,7 @@ def test_quick_demo_console_is_quiet_and_shows_progress(tmp_path):
     for stage in ("train cam", "maps cam"):       # the stages over 10 s on the quick demo
         assert any(s.startswith(f"{stage}:") and "100%" in s and "/s" in s for s in screens), stage
     assert "| cam |" in console and "| lpcam |" in console and f"artifacts in {run_dir}" in console
+    assert f"Ray's logs in {run_dir}/logs/ray" in console                 # Ray's own logs: a file, not the console
+    assert any((run_dir / "logs" / "ray").glob("python-core-driver-*.log"))
     recorded = load_config(str(run_dir / "config.yaml"))
     assert recorded.lpcam.k == 6 and recorded == load_config("quick", ("lpcam.k=6", f"run_dir={run_dir}"))

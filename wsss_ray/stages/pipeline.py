@@ -175,8 +175,28 @@ def check_gpus(cfg: PipelineConfig) -> None:
 def run_pipeline(cfg: PipelineConfig, allow_config_change: bool = False) -> dict:
     """The job. SIGINT/SIGTERM raise ``JobInterrupted`` (naming the stage) wherever they land."""
     from wsss_ray.stages.interrupts import interrupts_end_the_job
-    with interrupts_end_the_job():
-        return _run_stages(cfg, allow_config_change)
+    started = time.time()
+    try:
+        with interrupts_end_the_job():
+            return _run_stages(cfg, allow_config_change)
+    finally:
+        save_ray_logs(cfg.run_dir, started)
+
+
+def save_ray_logs(run_dir: str, since: float) -> None:
+    """Ray's logs of this job beside its artifacts, whatever way the job ended (not shown on the
+    console unless --verbose)."""
+    import ray
+    if not ray.is_initialized():
+        return                          # the job stopped before Ray started: no logs to keep
+    from wsss_ray.stages.session import keep_ray_logs
+    try:
+        where = keep_ray_logs(run_dir, since)
+    except OSError as e:                # never hide the job's own outcome behind a copy failure
+        log(f"Ray's logs were not copied to the run directory ({e.__class__.__name__}: {e})")
+        return
+    if where:
+        log(f"Ray's logs in {where}")
 
 
 def _run_stages(cfg: PipelineConfig, allow_config_change: bool) -> dict:
@@ -263,18 +283,8 @@ def _run_stages(cfg: PipelineConfig, allow_config_change: bool) -> dict:
     print(table, flush=True)
     if cfg.segment:
         print(segmentation_table(summary["segmentation"]), flush=True)
-    log(f"artifacts in {cfg.run_dir}: eval/summary.md, eval/*.json, maps/<method>/ (Parquet); "
-        f"Ray's logs in {ray_logs_dir()}")
+    log(f"artifacts in {cfg.run_dir}: eval/summary.md, eval/*.json, maps/<method>/ (Parquet), logs/ray/")
     return summary
-
-
-def ray_logs_dir() -> str:
-    """Where this Ray session keeps its workers' logs (not shown on the console by default)."""
-    import ray
-    try:
-        return ray._private.worker._global_node.get_logs_dir_path()
-    except Exception:           # a private API: name the default location when it moves
-        return "/tmp/ray/session_latest/logs"
 
 
 # IRN needs a boundary head learnt from thousands of real images; on the small demo worlds

@@ -67,3 +67,37 @@ def cluster_cpus() -> float:
 
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def ray_logs_dir() -> str:
+    """Where this Ray session keeps its processes' logs on this node."""
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:           # a private API: name the default location when it moves
+        return "/tmp/ray/session_latest/logs"
+
+
+def keep_ray_logs(run_dir: str, since: float) -> str:
+    """Copy this node's Ray logs written since ``since`` (epoch seconds: a long-lived cluster
+    holds other jobs' logs too) to ``<run_dir>/logs/ray/``; returns that URI, or "" when there
+    is nothing to copy. Logs of other nodes stay on those nodes (the dashboard shows them)."""
+    from wsss_ray.store import join_uri, open_fs, write_bytes_atomic
+    source = ray_logs_dir()
+    if not os.path.isdir(source):
+        return ""
+    target = join_uri(run_dir, "logs", "ray")
+    fs, base = open_fs(target)
+    copied = 0
+    for folder, _, files in os.walk(source):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                if os.path.getmtime(path) < since or os.path.islink(path):
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:             # a log rotated away while we walk
+                continue
+            write_bytes_atomic(fs, f"{base}/{os.path.relpath(path, source)}", data)
+            copied += 1
+    return target if copied else ""
