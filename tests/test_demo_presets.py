@@ -69,11 +69,18 @@ def test_recam_job_runs_the_demo_world_on_the_imagenet_backbone_by_default():
     spec = importlib.util.spec_from_file_location("recam_voc", path)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    cfg = job.build_config(job.parse_args(["--run-dir", "unused"]))
+    from wsss_ray.cli import config_from_args
+    parser = job.job_parser()
+
+    def build(argv):
+        return config_from_args(parser.parse_args(argv), parser)
+    cfg = build(["--run-dir", "unused"])
     assert cfg.methods == ("cam", "recam") and cfg.model.backbone == "efficientnet_lite0" and cfg.recam_unfreeze
-    assert job.build_config(job.parse_args(["--demo-backbone", "tiny"])).model.backbone == "tiny"
-    voc = job.build_config(job.parse_args(["--voc-root", "/data/VOC2012"]))
+    assert build([]).run_dir == "runs/recam_demo"
+    assert build(["--demo-backbone", "tiny"]).model.backbone == "tiny"
+    voc = build(["--config", "configs/voc_recam.yaml", "-o", "dataset.root=/data/VOC2012"])
     assert (voc.dataset.kind, voc.model.backbone, voc.recam_train.recam_lambda) == ("voc", "resnet50", 1.0)
+    assert voc.methods == ("cam", "recam")
 
 
 def test_the_job_extracts_the_chosen_recam_weight_and_infercam_only_unless_asked_for_more():
