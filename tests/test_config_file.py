@@ -29,17 +29,17 @@ def test_every_shipped_preset_loads_and_the_set_covers_each_dataset_and_paper():
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == names
 
 
-@pytest.mark.parametrize("name,python", [
-    ("demo", lambda: demo_config("runs/demo")),
-    ("quick", lambda: demo_config("runs/quick", quick=True)),
-    ("demo_effnet", lambda: demo_config("runs/demo_effnet", backbone="efficientnet_lite0")),
-    ("coco_lpcam", lambda: coco_config("runs/coco_lpcam", "/data/coco", split="train2014")),
-    ("coco_reference", lambda: coco_config("runs/coco_reference", "/data/coco", "train+val", "voc20",
-                                           protocol="reference")),
-])
-def test_shipped_files_are_the_presets_the_flags_choose(name, python):
-    overrides = ("dataset.root=/data/coco",) if name.startswith("coco") else ()
-    assert changed_keys(to_dict(python()), to_dict(load_config(name, overrides))) == []
+def test_the_legacy_flags_choose_a_shipped_preset_and_apply_their_values():
+    quick_effnet = demo_config("r", quick=True, methods=("cam", "recam"), backbone="efficientnet_lite0")
+    assert changed_keys(to_dict(load_config("demo_effnet")), to_dict(quick_effnet)) == [
+        "dataset.demo_size", "methods", "recam_train.epochs", "run_dir"]
+    assert (quick_effnet.train.epochs, quick_effnet.recam_train.epochs, quick_effnet.dataset.demo_size) == (30, 3, "quick")
+    assert demo_config("runs/quick", quick=True) == load_config("quick")
+    ref = coco_config("r", "/data/coco", "train+val", "voc20", limit=50, protocol="reference", methods=("cam",))
+    assert changed_keys(to_dict(load_config("coco_reference", ("dataset.root=/data/coco",))), to_dict(ref)) == [
+        "dataset.limit", "methods", "run_dir"]
+    plain = coco_config("r", "/data/coco", split="val2014")
+    assert (plain.model.backbone, plain.dataset.split, plain.dataset.class_subset, plain.lpcam.k) == ("resnet50", "val2014", "", 20)
 
 
 def test_paper_settings_in_the_dataset_presets():

