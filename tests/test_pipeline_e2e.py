@@ -236,3 +236,15 @@ def test_map_rows_come_from_their_chunk_shard_and_the_rest_from_the_directory(qu
     monkeypatch.setattr(store.pads, "dataset", no_directory_scan)
     rows = store.read_map_rows(str(cam_dir), ids[0], shards[0].name)
     assert sorted(rows) == sorted(ids[0])
+
+
+def test_small_sets_are_scored_on_the_driver_exactly_as_in_ray_data(quick_run):
+    from wsss_ray.stages.evaluate import accumulate_confusions, per_image_counts
+    run, thresholds = RunDir(quick_run[0]), quick_run[1].eval.thresholds
+    driver, spread = (accumulate_confusions(run, "lpcam", thresholds, local=flag) for flag in (True, False))
+    assert driver[1] == spread[1] == 96 and np.array_equal(driver[0], spread[0])
+    ids_d, counts_d = per_image_counts(run, "cam", thresholds, local=True)
+    ids_s, counts_s = per_image_counts(run, "cam", thresholds, local=False)
+    assert np.array_equal(ids_d, ids_s) and np.array_equal(counts_d, counts_s)
+    stored = json.loads(Path(quick_run[0], "eval", "lpcam.json").read_text())
+    assert stored["num_images"] == 96

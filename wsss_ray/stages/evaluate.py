@@ -1,5 +1,5 @@
 """Seed evaluation: one pass over maps and GT masks builds the confusion matrices of every
-background threshold (Ray Data map over shards, summed on the driver), then writes
+background threshold (Ray Data map over shards, summed on the driver; small sets on the driver), then writes
 ``eval/<method>.json`` and ``eval/<method>.png`` (mIoU against threshold)."""
 from __future__ import annotations
 
@@ -35,21 +35,40 @@ def confusions_of_batch(batch: dict, masks: dict, num_classes: int, thresholds, 
     return {"confusion": total.reshape(1, -1), "count": np.array([count])}
 
 
-def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None) -> tuple[np.ndarray, int, list]:
-    manifest, classes = read_manifest(run.manifest())
-    masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+# Below this many images the driver scores the shards itself: Ray Data's start-up (about 10 s
+# a pass on 2 cores) is 100x the work of scoring 100 small maps. Above it, the pass is spread.
+LOCAL_EVAL_MAX_IMAGES = 2000
+
+
+def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, num_images: int, local: bool | None = None):
+    """``fn`` over ``maps/<method>`` in batches of 16 rows: on the driver, shard by shard, for a
+    small set (``local=None`` chooses by ``LOCAL_EVAL_MAX_IMAGES``), else in Ray Data tasks."""
+    import pyarrow.parquet as pq
     fs, path = open_fs(run.uri("maps", method))
     shards = list_shards(fs, path)
-    k = classes.num_classes + 1
     if not shards:
         raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
+    if local if local is not None else num_images <= LOCAL_EVAL_MAX_IMAGES:
+        for shard in shards:                # one shard in memory at a time
+            table = pq.read_table(shard, filesystem=fs)
+            for start in range(0, table.num_rows, 16):
+                part = table.slice(start, 16)
+                yield fn({c: part.column(c).to_numpy(zero_copy_only=False) for c in part.column_names}, **fn_kwargs)
+        return
     ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
-    ds = ds.map_batches(confusions_of_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
-                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes,
-                                   "thresholds": list(thresholds),
-                                   "image_ids": None if image_ids is None else set(image_ids)})
+    ds = ds.map_batches(fn, batch_size=16, batch_format="numpy", num_cpus=0.5, fn_kwargs=fn_kwargs)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None,
+                          local: bool | None = None) -> tuple[np.ndarray, int, list]:
+    manifest, classes = read_manifest(run.manifest())
+    masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
+    k = classes.num_classes + 1
+    kwargs = {"masks": masks, "num_classes": classes.num_classes, "thresholds": list(thresholds),
+              "image_ids": None if image_ids is None else set(image_ids)}
     total, count = np.zeros((len(thresholds), k, k), np.int64), 0
-    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for part in map_batches_of(run, method, confusions_of_batch, kwargs, manifest.num_rows, local):
         total += part["confusion"].sum(0).reshape(len(thresholds), k, k)
         count += int(part["count"].sum())
     return total, count, list(classes.names)
@@ -70,21 +89,14 @@ def counts_of_batch(batch: dict, masks: dict, num_classes: int, thresholds) -> d
             "counts": np.stack(counts) if counts else np.zeros((0, width), np.int64)}
 
 
-def per_image_counts(run: RunDir, method: str, thresholds) -> tuple[np.ndarray, np.ndarray]:
+def per_image_counts(run: RunDir, method: str, thresholds, local: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image ids ascending, (N, T, K, 3) class counts) of ``maps/<method>``: what a bootstrap
     over images needs, K times smaller than per-image confusions."""
     manifest, classes = read_manifest(run.manifest())
     masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
-    fs, path = open_fs(run.uri("maps", method))
-    shards = list_shards(fs, path)
-    if not shards:
-        raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
-    ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
-    ds = ds.map_batches(counts_of_batch, batch_size=16, batch_format="numpy", num_cpus=0.5,
-                        fn_kwargs={"masks": masks, "num_classes": classes.num_classes,
-                                   "thresholds": list(thresholds)})
+    kwargs = {"masks": masks, "num_classes": classes.num_classes, "thresholds": list(thresholds)}
     ids, counts = [], []
-    for part in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for part in map_batches_of(run, method, counts_of_batch, kwargs, manifest.num_rows, local):
         ids.append(part["image_id"])
         counts.append(part["counts"])
     ids, counts = np.concatenate(ids), np.concatenate(counts)
