@@ -80,6 +80,7 @@ class TrainConfig:
     keep_epochs: int = 2              # epoch states kept for resuming; 0 = keep every epoch
     checkpoint_every: int = 1         # epochs between checkpoints; a long run of short epochs
                                       # (min_steps on a small set) spends its time saving otherwise
+    placement: str = "PACK"           # Ray Train's worker placement: PACK (fewest nodes) or SPREAD
     # ReCAM: lambda for the softmax cross-entropy term; 0 disables FC2 training.
     recam_lambda: float = 0.0
     recam_detach: bool = False
@@ -94,6 +95,7 @@ class TrainConfig:
 
     def __post_init__(self):
         require(self.optimizer in ("sgd", "adam"), f"train.optimizer {self.optimizer!r}: sgd or adam")
+        require(self.placement in ("PACK", "SPREAD"), f"train.placement {self.placement!r}: PACK or SPREAD")
         require(self.epochs >= 0 and self.min_steps >= 0 and self.keep_epochs >= 0, "epochs, min_steps, keep_epochs >= 0")
         require(self.batch_size >= 1 and self.num_workers >= 1 and self.checkpoint_every >= 1,
                 f"batch_size ({self.batch_size}), num_workers ({self.num_workers}), checkpoint_every "
@@ -229,8 +231,12 @@ class AdvCamConfig:
 class EvalConfig:
     thresholds: tuple = tuple(round(0.05 * i, 2) for i in range(1, 20))     # 0.05 .. 0.95
     max_side: int = 0                 # evaluate at this long side (0 = native resolution)
+    # up to this many images the driver scores the maps itself (Ray Data's start-up, ~10 s a pass
+    # on 2 cores, is 100x the work of a small set); above, Ray Data tasks do. 0 = always Ray Data
+    driver_max_images: int = 2000
 
     def __post_init__(self):
+        require(self.driver_max_images >= 0, f"eval.driver_max_images {self.driver_max_images}: >= 0")
         object.__setattr__(self, "thresholds", tuple(float(v) for v in self.thresholds))
         require(len(self.thresholds) > 0 and all(0 <= t <= 1 for t in self.thresholds),
                 f"eval.thresholds {self.thresholds}: one or more, each in [0, 1]")

@@ -86,7 +86,7 @@ class ChunkActor:
         self.stage = stage
 
     def __call__(self, batch: dict) -> dict:
-        out = {"chunk_id": [], "num_images": [], "num_errors": [], "seconds": [], "side_seconds": []}
+        out = {"chunk_id": [], "num_images": [], "num_errors": [], "seconds": [], "side_seconds": [], "node_id": []}
         for chunk_id, rows_json, packed, errors_json in zip(batch["chunk_id"], batch["rows_json"],
                                                             batch["images"], batch["errors_json"]):
             start = time.perf_counter()
@@ -103,6 +103,7 @@ class ChunkActor:
             out["num_errors"].append(len(errors))
             out["seconds"].append(time.perf_counter() - start)
             out["side_seconds"].append(float(getattr(self.processor, "side_seconds", 0.0)))
+            out["node_id"].append(ray.get_runtime_context().get_node_id())       # where the work ran
         return {k: np.asarray(v) for k, v in out.items()}
 
 

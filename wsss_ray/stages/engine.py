@@ -103,6 +103,7 @@ class TrainTask:
     use_gpu: bool
     keep_epochs: int = 2             # epoch directories kept for resuming; 0 = all
     checkpoint_every: int = 1        # epochs between checkpoints (and the last epoch always)
+    placement: str = "PACK"          # Ray Train's placement of the workers: PACK or SPREAD over nodes
 
     # driver side
     def items(self, run: RunDir) -> list[dict]:
@@ -157,6 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
     schedule: Schedule = config["schedule"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    record_placement(config["progress_uri"], rank)
     seed_everything(task.seed)
     model, optimizer = task.build()
     start_epoch = 0
@@ -202,6 +204,16 @@ def write_progress(uri: str, steps_done: int) -> None:
     from wsss_ray.store import write_bytes_atomic
     fs, path = open_fs(uri)
     write_bytes_atomic(fs, path, json.dumps({"steps_done": steps_done}).encode())
+
+
+def record_placement(progress_uri: str, rank: int) -> None:
+    """Which node runs this rank (``progress/<name>.rank<k>.json``; a restart after a node loss
+    rewrites it): where a multi-node run put its workers."""
+    import ray
+    from wsss_ray.store import write_bytes_atomic
+    fs, path = open_fs(progress_uri.removesuffix(".json") + f".rank{rank}.json")
+    write_bytes_atomic(fs, path, json.dumps({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+                                             "time": time.time()}).encode())
 
 
 def read_progress(uri: str) -> int:
@@ -275,7 +287,8 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
         dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                             execution_options=ExecutionOptions(preserve_order=True)),
         scaling_config=ray.train.ScalingConfig(num_workers=task.num_workers, use_gpu=task.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
+                                               resources_per_worker={"CPU": 1},
+                                               placement_strategy=task.placement),
         run_config=train_run_config(run, task.name, max_failures))
     with watched(f"train {task.name}", schedule.total_steps, lambda: read_progress(progress_uri), unit="step"):
         # off the main thread: Ray Train then keeps its SIGINT handler out of the job (stages/interrupts.py)

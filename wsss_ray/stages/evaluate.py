@@ -3,8 +3,11 @@ background threshold (Ray Data map over shards, summed on the driver; small sets
 ``eval/<method>.json`` and ``eval/<method>.png`` (mIoU against threshold)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import ray
+import torch
 
 from wsss_ray.config import EvalConfig
 from wsss_ray.data.images import load_mask
@@ -35,9 +38,20 @@ def confusions_of_batch(batch: dict, masks: dict, num_classes: int, thresholds, 
     return {"confusion": total.reshape(1, -1), "count": np.array([count])}
 
 
-# Below this many images the driver scores the shards itself: Ray Data's start-up (about 10 s
-# a pass on 2 cores) is 100x the work of scoring 100 small maps. Above it, the pass is spread.
-LOCAL_EVAL_MAX_IMAGES = 2000
+LOCAL_EVAL_MAX_IMAGES = EvalConfig().driver_max_images       # eval.driver_max_images: why
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch's bilinear upsampling of the maps rounds differently with other thread counts (a few
+    pixels in 14 M flip at a threshold): score with one thread, as every Ray task does, so a score
+    does not depend on where it was computed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, num_images: int, local: bool | None = None):
@@ -51,9 +65,10 @@ def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, num_images: in
     if local if local is not None else num_images <= LOCAL_EVAL_MAX_IMAGES:
         for shard in shards:                # one shard in memory at a time
             table = pq.read_table(shard, filesystem=fs)
-            for start in range(0, table.num_rows, 16):
-                part = table.slice(start, 16)
-                yield fn({c: part.column(c).to_numpy(zero_copy_only=False) for c in part.column_names}, **fn_kwargs)
+            with one_torch_thread():        # as in a Ray task (OMP_NUM_THREADS=1): see one_torch_thread
+                parts = [fn({c: part.column(c).to_numpy(zero_copy_only=False) for c in part.column_names}, **fn_kwargs)
+                         for part in (table.slice(i, 16) for i in range(0, table.num_rows, 16))]
+            yield from parts
         return
     ds = ray.data.read_parquet(shards, filesystem=fs, override_num_blocks=min(len(shards), 64))
     ds = ds.map_batches(fn, batch_size=16, batch_format="numpy", num_cpus=0.5, fn_kwargs=fn_kwargs)
@@ -144,7 +159,8 @@ def save_figure(fig, png_path: str) -> None:
 def evaluate_maps(run: RunDir, method: str, dataset: str, cfg: EvalConfig = EvalConfig(),
                   image_ids=None, write: bool = True, tag: str = "") -> dict:
     """Evaluate ``maps/<method>`` against GT; writes ``eval/<method><tag>.json`` and ``.png``."""
-    confusions, count, names = accumulate_confusions(run, method, cfg.thresholds, image_ids)
+    confusions, count, names = accumulate_confusions(run, method, cfg.thresholds, image_ids,
+                                                     local=read_manifest(run.manifest())[0].num_rows <= cfg.driver_max_images)
     result = summarise(method, dataset, cfg.thresholds, confusions, count, names)
     if write:
         run.write_json(run.eval_json(method + tag), result)

@@ -192,7 +192,8 @@ def extract_maps(run: RunDir, name: str, kind: str, checkpoint: str, cam_cfg: Ca
     out = {"name": name, "chunks_total": len(chunks), "chunks_run": len(todo),
            "images": int(sum(s["num_images"] for s in stats)),
            "errors": int(sum(s["num_errors"] for s in stats)),
-           "seconds": time.perf_counter() - start}
+           "seconds": time.perf_counter() - start,
+           "nodes": len({s["node_id"] for s in stats})}        # how many nodes ran its chunks
     if feature_sampling is not None:
         out["feature_sampling_seconds"] = float(sum(s["side_seconds"] for s in stats))
     if kind in TAKES_BASELINES:

@@ -84,6 +84,7 @@ def record_config(run: RunDir, cfg: PipelineConfig, allow_change: bool = False) 
 OPERATIONAL_KEYS = ("run_dir", "methods", "segment", "refiner", "recam_all_weights", "infercam_ablation", "strict",
                     "use_gpu_refine", "cam.num_actors", "cam.actor_cpus", "cam.use_gpu", "cam.batch_size",
                     "train.num_workers", "train.use_gpu", "recam_train.num_workers", "recam_train.use_gpu",
+                    "train.placement", "recam_train.placement", "eval.driver_max_images",
                     "infercam.max_batch", "advcam.max_batch")
 
 

@@ -139,6 +139,10 @@ class ClassifierTask(TrainTask):
         return self.train.checkpoint_every
 
     @property
+    def placement(self) -> str:
+        return self.train.placement
+
+    @property
     def probe(self) -> bool:
         return probe_mode(self.train, self.model)
 
