@@ -5,9 +5,9 @@ in its own process (the suite's other tests share one single-node session):
     python tests/multinode_flow.py OUT_DIR
 
 1. the flow with training workers placed SPREAD and two extraction actors;
-2. the CAM pass again while a worker node is removed after the first shard (a replacement joins,
-   as an autoscaler would bring one);
-3. the classifier again while the node of one training rank is removed after its first epoch.
+2. the CAM pass again while a worker node is removed after the first shard;
+3. a replacement node joins (as an autoscaler would bring one), then the classifier is trained
+   again while the node of one training rank is removed after its first epoch.
 Writes OUT_DIR/report.json for the test to check; always shuts the cluster down."""
 from __future__ import annotations
 
@@ -75,14 +75,12 @@ def run_checks(cluster, workers, run_dir: Path) -> dict:
     summary = run_pipeline(cfg)
     report = {"miou": summary["results"]["cam"]["miou"], "train_nodes": len(set(rank_nodes(run_dir, "cam").values()))}
     run, ckpt = RunDir(str(run_dir)), str(run_dir / "checkpoints" / "cam")
-    by_id = {w.unique_id: w for w in workers}
 
-    # 2. a worker node lost during extraction; a replacement joins
+    # 2. a worker node lost during extraction
     lost = run_dir / "maps" / "cam_node_lost"
     def kill_extraction_node():
         cluster.remove_node(workers[0], allow_graceful=False)
         report["extraction_node_removed_after_shards"] = len(list(lost.glob("part-*.parquet")))
-        cluster.add_node(num_cpus=WORKER_CPUS)
     killer = when(lambda: any(lost.glob("part-*.parquet")), kill_extraction_node)
     extracted = extract_maps(run, "cam_node_lost", "cam", ckpt, cfg.cam)
     killer.join(60)
@@ -90,17 +88,19 @@ def run_checks(cluster, workers, run_dir: Path) -> dict:
     report["shards_equal"] = ({p.name: p.read_bytes() for p in sorted(lost.glob("part-*.parquet"))} ==
                               {p.name: p.read_bytes() for p in sorted((run_dir / "maps" / "cam").glob("part-*.parquet"))})
 
-    # 3. the node of a training rank lost after its first epoch; a replacement joins
+    # 3. a replacement joins (as an autoscaler would bring one; a node starts from the main thread
+    # only), then the node of a training rank is lost after the first epoch
+    cluster.add_node(num_cpus=WORKER_CPUS)
+    cluster.wait_for_nodes()
     progress = run_dir / "progress" / "cam_node_lost.json"
     def kill_training_node():
         ranks = rank_nodes(run_dir, "cam_node_lost")
-        victim = next((by_id[n] for n in ranks.values() if n in by_id and by_id[n] in cluster.worker_nodes), None)
+        live = {w.node_id: w for w in cluster.worker_nodes}
+        victim = next((live[n] for n in ranks.values() if n in live), None)
         report["training_rank_nodes_before_loss"] = len(set(ranks.values()))
         if victim is not None:
             cluster.remove_node(victim, allow_graceful=False)
             report["training_node_removed"] = True
-            cluster.add_node(num_cpus=WORKER_CPUS)
-    by_id.update({w.unique_id: w for w in cluster.worker_nodes})
     killer = when(progress.exists, kill_training_node)
     trained = train_classifier(run, "cam_node_lost", cfg.model, cfg.train)
     killer.join(60)
@@ -108,7 +108,8 @@ def run_checks(cluster, workers, run_dir: Path) -> dict:
     b, _, _ = load_classifier(str(run_dir / "checkpoints" / "cam_node_lost"))
     report["training_steps"] = trained.get("steps_done")
     report["weights_equal"] = all(bool((x == y).all()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    report["nodes_at_end"] = len([n for n in __import__("ray").nodes() if n["Alive"]])
+    import ray
+    report["nodes_at_end"] = len([n for n in ray.nodes() if n["Alive"]])
     return report
 
 
