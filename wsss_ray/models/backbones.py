@@ -114,8 +114,9 @@ class Backbone(nn.Module):
         """Hook to map foreign key names onto ours before strict loading."""
         return state
 
-    def imagenet_weights_file(self) -> Path:
-        raise ValueError(f"{type(self).__name__} has no ImageNet weights; use weights='none' "
+    @classmethod
+    def imagenet_weights_file(cls) -> Path:
+        raise ValueError(f"{cls.__name__} has no ImageNet weights; use weights='none' "
                          f"or a local state_dict file")
 
 
@@ -213,7 +214,8 @@ class ResNet50OS16(Backbone):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def imagenet_weights_file(self) -> Path:
+    @classmethod
+    def imagenet_weights_file(cls) -> Path:
         ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
         for name in _RESNET50_V1_FILES:
             if (ckpt_dir / name).is_file():
@@ -240,7 +242,8 @@ class EfficientNetLite0Backbone(Backbone, effnet_lite.EfficientNetLite0):
             return effnet_lite.rename_checkpoint_keys(state)
         return state
 
-    def imagenet_weights_file(self) -> Path:
+    @classmethod
+    def imagenet_weights_file(cls) -> Path:
         return effnet_lite.checkpoint_path()
 
 
@@ -272,8 +275,8 @@ def weights_path(name: str, weights: str = "none") -> Path | None:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
     if weights in (None, "", "none"):
         return None
-    if weights == "imagenet":
-        return _REGISTRY[name]().imagenet_weights_file()
+    if weights == "imagenet":       # a class method: building a model here would draw from torch's RNG
+        return _REGISTRY[name].imagenet_weights_file()
     if not Path(weights).is_file():
         raise ValueError(f"weights={weights!r} is neither 'none', 'imagenet' nor an existing state_dict file")
     return Path(weights)
