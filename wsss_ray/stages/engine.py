@@ -158,7 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
     schedule: Schedule = config["schedule"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    record_placement(config["progress_uri"], rank)
+    record_placement(config["placement_uris"][rank], rank)
     seed_everything(task.seed)
     model, optimizer = task.build()
     start_epoch = 0
@@ -206,12 +206,12 @@ def write_progress(uri: str, steps_done: int) -> None:
     write_bytes_atomic(fs, path, json.dumps({"steps_done": steps_done}).encode())
 
 
-def record_placement(progress_uri: str, rank: int) -> None:
+def record_placement(uri: str, rank: int) -> None:
     """Which node runs this rank (``progress/<name>.rank<k>.json``; a restart after a node loss
     rewrites it): where a multi-node run put its workers."""
     import ray
     from wsss_ray.store import write_bytes_atomic
-    fs, path = open_fs(progress_uri.removesuffix(".json") + f".rank{rank}.json")
+    fs, path = open_fs(uri)
     write_bytes_atomic(fs, path, json.dumps({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                                              "time": time.time()}).encode())
 
@@ -279,7 +279,8 @@ def fit(run: RunDir, task: TrainTask, max_failures: int = 2) -> dict:
     schedule = task.schedule(len(items), task.num_workers)
     progress_uri = run.uri("progress", f"{task.name}.json")
     config = {"task": task, "schedule": schedule, "epochs_dir": epochs_dir, "resume_dir": resume_dir,
-              "progress_uri": progress_uri}
+              "progress_uri": progress_uri,
+              "placement_uris": [run.uri("progress", f"{task.name}.rank{r}.json") for r in range(task.num_workers)]}
     start = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=config,

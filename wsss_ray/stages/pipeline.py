@@ -188,9 +188,9 @@ def _run_stages(cfg: PipelineConfig, allow_config_change: bool) -> dict:
 
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
-        log(f"{name} ...")
-        take_the_signals()
-        try:
+        try:                            # the log line inside: a signal may land right after it
+            take_the_signals()
+            log(f"{name} ...")
             out = fn(*args, **kwargs)
         except JobInterrupted as stop:
             stop.stage = stop.stage or name
