@@ -54,15 +54,15 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, num_images: int, local: bool | None = None):
-    """``fn`` over ``maps/<method>`` in batches of 16 rows: on the driver, shard by shard, for a
-    small set (``local=None`` chooses by ``LOCAL_EVAL_MAX_IMAGES``), else in Ray Data tasks."""
+def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, local: bool):
+    """``fn`` over ``maps/<method>`` in batches of 16 rows: on the driver, shard by shard
+    (``local``), else in Ray Data tasks."""
     import pyarrow.parquet as pq
     fs, path = open_fs(run.uri("maps", method))
     shards = list_shards(fs, path)
     if not shards:
         raise FileNotFoundError(f"no map shards under {run.uri('maps', method)}: run the extraction first")
-    if local if local is not None else num_images <= LOCAL_EVAL_MAX_IMAGES:
+    if local:
         for shard in shards:                # one shard in memory at a time
             table = pq.read_table(shard, filesystem=fs)
             with one_torch_thread():        # as in a Ray task (OMP_NUM_THREADS=1): see one_torch_thread
@@ -75,15 +75,18 @@ def map_batches_of(run: RunDir, method: str, fn, fn_kwargs: dict, num_images: in
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None,
-                          local: bool | None = None) -> tuple[np.ndarray, int, list]:
+def accumulate_confusions(run: RunDir, method: str, thresholds, image_ids=None, local: bool | None = None,
+                          driver_max_images: int = LOCAL_EVAL_MAX_IMAGES) -> tuple[np.ndarray, int, list]:
+    """Summed confusions of every threshold; ``local=None`` scores on the driver up to
+    ``driver_max_images`` images."""
     manifest, classes = read_manifest(run.manifest())
     masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
     k = classes.num_classes + 1
     kwargs = {"masks": masks, "num_classes": classes.num_classes, "thresholds": list(thresholds),
               "image_ids": None if image_ids is None else set(image_ids)}
     total, count = np.zeros((len(thresholds), k, k), np.int64), 0
-    for part in map_batches_of(run, method, confusions_of_batch, kwargs, manifest.num_rows, local):
+    local = manifest.num_rows <= driver_max_images if local is None else local
+    for part in map_batches_of(run, method, confusions_of_batch, kwargs, local):
         total += part["confusion"].sum(0).reshape(len(thresholds), k, k)
         count += int(part["count"].sum())
     return total, count, list(classes.names)
@@ -111,7 +114,8 @@ def per_image_counts(run: RunDir, method: str, thresholds, local: bool | None = 
     masks = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("mask_uri").to_pylist()))
     kwargs = {"masks": masks, "num_classes": classes.num_classes, "thresholds": list(thresholds)}
     ids, counts = [], []
-    for part in map_batches_of(run, method, counts_of_batch, kwargs, manifest.num_rows, local):
+    local = manifest.num_rows <= LOCAL_EVAL_MAX_IMAGES if local is None else local
+    for part in map_batches_of(run, method, counts_of_batch, kwargs, local):
         ids.append(part["image_id"])
         counts.append(part["counts"])
     ids, counts = np.concatenate(ids), np.concatenate(counts)
@@ -160,7 +164,7 @@ def evaluate_maps(run: RunDir, method: str, dataset: str, cfg: EvalConfig = Eval
                   image_ids=None, write: bool = True, tag: str = "") -> dict:
     """Evaluate ``maps/<method>`` against GT; writes ``eval/<method><tag>.json`` and ``.png``."""
     confusions, count, names = accumulate_confusions(run, method, cfg.thresholds, image_ids,
-                                                     local=read_manifest(run.manifest())[0].num_rows <= cfg.driver_max_images)
+                                                     driver_max_images=cfg.driver_max_images)
     result = summarise(method, dataset, cfg.thresholds, confusions, count, names)
     if write:
         run.write_json(run.eval_json(method + tag), result)
